@@ -1,0 +1,226 @@
+"""``datagen`` command line: ``list | generate | info | validate``.
+
+Every failure caused by the input prints one line ``datagen: error: ...`` and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import catalogue
+from .errors import DatagenError
+
+EPILOG = "example: datagen generate fisher --out data/fisher --splits train=64,test=16 --steps 40 --seed 0"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise DatagenError(f"{message} (see `{self.prog} --help`)")
+
+
+def _pairs(items: Sequence[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        for part in item.split(","):
+            if not part:
+                continue
+            if "=" not in part:
+                raise DatagenError(f"{what} {part!r} must look like name=value")
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def _ints(text: str, what: str, n: int = 2) -> tuple[int, ...]:
+    parts = text.replace("x", ",").split(",")
+    try:
+        vals = tuple(int(p) for p in parts)
+    except ValueError:
+        raise DatagenError(f"{what} {text!r} must be {n} integers like 100,100") from None
+    if len(vals) == 1:
+        vals = vals * n
+    if len(vals) != n or min(vals) <= 0:
+        raise DatagenError(f"{what} {text!r} must be {n} positive integers like 100,100")
+    return vals
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise DatagenError(f"{what} {text!r} must be numbers separated by commas") from None
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = _Parser(prog="datagen", description="Method-of-lines datasets for reaction-diffusion PDEs.", epilog=EPILOG)
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
+    sub.required = True
+    sub.add_parser("list", help="the PDE catalogue with parameters and defaults")
+
+    g = sub.add_parser("generate", help="solve and write HDF5 datasets", epilog=EPILOG)
+    g.add_argument("pde", nargs="?", help="catalogue name (see `datagen list`)")
+    g.add_argument("--out", required=True, help="output folder; one <split>.h5 per split")
+    g.add_argument("--from", dest="from_file", help="regenerate a dataset from its own provenance")
+    g.add_argument("--splits", default="train=64,test=16", help="split=count pairs (default train=64,test=16)")
+    g.add_argument("--steps", type=int, default=40, help="saved steps after the initial state (default 40)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--param", action="append", help="PDE parameter, e.g. a=0.02 (repeatable)")
+    g.add_argument("--grid", default="100,100", help="grid points nx,ny (default 100,100)")
+    g.add_argument("--extent", default="1,1", help="domain lengths Lx,Ly (default 1,1)")
+    g.add_argument("--boundary", default="periodic", help="periodic | dirichlet | neumann")
+    g.add_argument("--boundary-value", default="0", help="Dirichlet wall value(s), one per field")
+    g.add_argument("--dt", type=float, help="saved time step (default: the catalogue's rule)")
+    g.add_argument("--dt-factor", type=float, help="dt as a multiple of the PDE time scale, e.g. 0.24 for 0.24 dx^2/a")
+    g.add_argument("--integrator", default="reference", help="reference | euler | rk4 | etdrk4 | bdf | radau | rk45")
+    g.add_argument("--substeps", default="1", help="internal steps per saved step, or auto")
+    g.add_argument("--method", choices=["fd", "spectral"], help="space discretisation (default: by integrator)")
+    g.add_argument("--accuracy", type=int, default=2, help="finite-difference order 2, 4, 6 or 8")
+    g.add_argument("--ic", help="initial-condition sampler (default: the catalogue's)")
+    g.add_argument("--ic-param", action="append", help="sampler parameter, e.g. k_max=6 (repeatable)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--compression", default="none", help="none | gzip | lzf")
+    g.add_argument("--workers", type=int, default=1, help="local worker processes")
+    g.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://127.0.0.1:8786")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    i = sub.add_parser("info", help="what a dataset holds, how it was made, sanity verdict")
+    i.add_argument("file")
+    v = sub.add_parser("validate", help="check schema and physical sanity; exit 1 if invalid")
+    v.add_argument("file")
+    return p
+
+
+def cmd_list() -> int:
+    """Print the catalogue."""
+    for name, e in catalogue.CATALOGUE.items():
+        pde = e.factory()
+        params = ", ".join(f"{k}={v:g}" for k, v in e.defaults.items())
+        ic = ", ".join(f"{k}={v}" for k, v in e.initial.items() if k != "name")
+        print(f"{name}: {e.description}")
+        print(f"  parameters: {params}")
+        for line in pde.expression().splitlines():
+            print(f"  {line}")
+        print(f"  default dt: {e.dt_factor:g} * {e.dt_text};  initial condition: {e.initial['name']}"
+              + (f" ({ic})" if ic else ""))
+    return 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    """Generate the requested splits."""
+    from .generate import GenerationConfig, generate, generate_splits
+    from .store import read_provenance
+
+    kwargs = dict(workers=a.workers, scheduler=a.scheduler, resume=a.resume, overwrite=a.overwrite,
+                  progress=not a.quiet and sys.stderr.isatty())
+    if a.from_file:
+        cfg = GenerationConfig.from_dict(read_provenance(a.from_file)["config"])
+        out = Path(a.out) / f"{cfg.split}.h5"
+        generate(cfg, out, **kwargs)
+        print(out)
+        return 0
+    if not a.pde:
+        raise DatagenError("name a PDE (see `datagen list`) or pass --from FILE")
+    catalogue.get(a.pde)
+    splits = {}
+    for k, v in _pairs([a.splits], "split").items():
+        try:
+            splits[k] = int(v)
+        except ValueError:
+            raise DatagenError(f"split {k}={v!r}: the count must be an integer") from None
+        if splits[k] < 1:
+            raise DatagenError(f"split {k}={v}: the count must be positive")
+    bv = _floats(a.boundary_value, "--boundary-value")
+    grid = {"shape": list(_ints(a.grid, "--grid")), "extent": list(_floats(a.extent, "--extent")),
+            "boundary": a.boundary, "boundary_value": bv[0] if len(bv) == 1 else list(bv)}
+    initial = None
+    if a.ic or a.ic_param:
+        initial = {"name": a.ic or catalogue.get(a.pde).initial["name"], **_pairs(a.ic_param, "--ic-param")}
+    cfg = GenerationConfig(pde=a.pde, params=_pairs(a.param, "--param"), grid=grid, steps=a.steps, dt=a.dt,
+                           dt_factor=a.dt_factor, integrator=a.integrator, substeps=a.substeps, method=a.method,
+                           accuracy=a.accuracy, initial=initial, seed=a.seed, batch_size=a.batch_size,
+                           compression=a.compression)
+    for path in generate_splits(cfg, splits, a.out, **kwargs):
+        print(path)
+    return 0
+
+
+def cmd_info(path: str) -> int:
+    """Print a dataset summary."""
+    from .pde import PDE
+    from .store import read_provenance, validate
+
+    prov = read_provenance(path)
+    rep = validate(path)
+    cfg = prov["config"]
+    pde = PDE.from_dict(prov["pde"])
+    size = Path(path).stat().st_size
+    print(f"{path}: {size / 1e6:.3g} MB, datagen format, written by datagen {prov['versions'].get('datagen')}")
+    print(f"  pde:        {cfg['pde']}  ({', '.join(f'{k}={v:g}' for k, v in pde.parameters.items())})")
+    for line in pde.expression().splitlines():
+        print(f"              {line}")
+    g = cfg["grid"]
+    print(f"  grid:       {g['shape'][0]} x {g['shape'][1]} on {g['extent'][0]:g} x {g['extent'][1]:g}, {g['boundary']}")
+    print(f"  time:       {cfg['steps'] + 1} frames, dt = {cfg['dt']:.6g}, t_end = {cfg['steps'] * cfg['dt']:.6g}")
+    solver = f"{cfg['integrator']} ({cfg['substeps']} substeps), space {cfg['method']}"
+    if cfg["method"] == "fd":
+        solver += f" accuracy {cfg['accuracy']}"
+    print(f"  solver:     {solver}")
+    print(f"  initial:    {json.dumps(cfg['initial'])}")
+    print(f"  split:      {cfg['split']}, {cfg['n_trajectories']} trajectories, seed {cfg['seed']}")
+    for k, (lo, hi) in rep.facts.get("ranges", {}).items():
+        print(f"  range {k}:    [{lo:.6g}, {hi:.6g}]")
+    print(f"  verdict:    {rep.verdict()}")
+    for m in rep.errors:
+        print(f"    error: {m}")
+    for m in rep.warnings:
+        print(f"    warning: {m}")
+    return 0
+
+
+def cmd_validate(path: str) -> int:
+    """Validate a dataset; exit 1 when invalid."""
+    from .store import validate
+
+    rep = validate(path)
+    for m in rep.errors:
+        print(f"error: {m}")
+    for m in rep.warnings:
+        print(f"warning: {m}")
+    print(f"{path}: {rep.verdict()}")
+    return 0 if rep.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``datagen`` console script."""
+    try:
+        a = build_parser().parse_args(argv)
+        if a.cmd == "list":
+            return cmd_list()
+        if a.cmd == "generate":
+            return cmd_generate(a)
+        if a.cmd == "info":
+            return cmd_info(a.file)
+        return cmd_validate(a.file)
+    except DatagenError as exc:
+        print(f"datagen: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `datagen list | head`
+        return 0
+    except KeyboardInterrupt:
+        print("datagen: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"datagen: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""Dataset generation: sample initial conditions, solve in batches, write HDF5.
+
+Work is split into batches of trajectories. Each finished batch is saved atomically as a ``.npy``
+file in a hidden work folder beside the output (``.NAME.partial/``), so a killed run loses at
+most the batches in flight and ``resume=True`` continues where it stopped. When all batches exist
+they are streamed into the HDF5 file under a temporary name, which is renamed on success; the
+work folder is then removed. Because each trajectory draws its initial condition from its own
+seed (``SeedSequence(seed, spawn_key=(split, index))``) and the final file is written in one
+pass, an interrupted-and-resumed run produces the same bytes as an uninterrupted one, whatever
+the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import zlib
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from . import catalogue
+from .errors import DatagenError
+from .grid import Grid
+from .initial import make_sampler
+from .integrators import make_integrator
+from .semidiscrete import SemiDiscrete
+from .store import COMPRESSIONS, write_dataset
+
+__all__ = ["GenerationConfig", "generate", "generate_splits", "solve_batch", "trajectory_rng"]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Everything that determines a dataset. ``resolve()`` fills the defaults in.
+
+    Args:
+        pde: catalogue name (``datagen list``).
+        params: PDE parameters overriding the catalogue defaults.
+        grid: ``Grid.to_dict()``-style mapping (shape, extent, boundary, boundary_value).
+        steps: saved steps after the initial state (the file holds ``steps + 1`` frames).
+        dt: saved time step; ``None`` uses ``dt_factor`` times the PDE's time scale.
+        dt_factor: multiplier of the catalogue time scale (e.g. 0.24 for ``0.24 dx^2 / a``).
+        integrator: ``"reference"`` (accurate default: spectral ETDRK4 on periodic grids,
+            fourth-order FD with RK4 otherwise) or a name from ``datagen.integrators``.
+        substeps: internal steps per saved step, or ``"auto"`` (fewest stable).
+        method: ``"fd"`` or ``"spectral"`` (``None``: chosen by ``integrator="reference"``, else fd).
+        accuracy: finite-difference order.
+        initial: initial-condition sampler spec (``None``: the catalogue's).
+        seed: root seed; split: split name (part of each trajectory's seed).
+        n_trajectories, batch_size: how many trajectories, and how many per solver call.
+        compression: HDF5 compression of the fields.
+        rtol, atol: tolerances of the scipy integrators.
+    """
+
+    pde: str = "fisher"
+    params: Mapping[str, float] = field(default_factory=dict)
+    grid: Mapping[str, Any] = field(default_factory=lambda: Grid().to_dict())
+    steps: int = 40
+    dt: float | None = None
+    dt_factor: float | None = None
+    integrator: str = "reference"
+    substeps: int | str = 1
+    method: str | None = None
+    accuracy: int = 2
+    initial: Mapping[str, Any] | None = None
+    seed: int = 0
+    split: str = "train"
+    n_trajectories: int = 64
+    batch_size: int = 32
+    compression: str = "none"
+    rtol: float = 1e-8
+    atol: float = 1e-10
+
+    def resolve(self) -> "GenerationConfig":
+        """A copy with every default made explicit and every value checked."""
+        entry = catalogue.get(self.pde)
+        pde = catalogue.make_pde(self.pde, dict(self.params))
+        params = {k: float(v) for k, v in pde.parameters.items()}
+        g = dict(self.grid)
+        grid = Grid.from_dict(g)
+        for name in ("steps", "n_trajectories", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise DatagenError(f"{name}={v!r} must be a positive integer")
+        if self.compression not in COMPRESSIONS:
+            raise DatagenError(f"unknown compression {self.compression!r}; choose one of {COMPRESSIONS}")
+        if self.dt is not None and self.dt_factor is not None:
+            raise DatagenError("give either dt or dt_factor, not both")
+        if self.dt is not None:
+            dt = float(self.dt)
+        else:
+            if self.dt_factor is not None and not (self.dt_factor > 0):
+                raise DatagenError(f"dt_factor={self.dt_factor!r} must be positive")
+            dt = entry.dt(grid, params, self.dt_factor)
+        if not (math.isfinite(dt) and dt > 0):
+            raise DatagenError(f"time step dt={dt!r} must be a positive number")
+        integrator, method, accuracy, substeps = self.integrator, self.method, int(self.accuracy), self.substeps
+        if integrator == "reference":
+            if grid.boundary == "periodic":
+                integrator, method = "etdrk4", method or "spectral"
+            else:
+                integrator, method, accuracy, substeps = "rk4", method or "fd", max(accuracy, 4), "auto"
+        method = method or "fd"
+        if method == "spectral":
+            accuracy = 0
+        sampler = make_sampler(self.initial if self.initial is not None else entry.initial)
+        if substeps != "auto":
+            try:
+                substeps = int(substeps)
+            except (TypeError, ValueError):
+                raise DatagenError(f"substeps={substeps!r} must be a positive integer or 'auto'") from None
+        cfg = GenerationConfig(
+            pde=self.pde, params=params, grid=grid.to_dict(), steps=int(self.steps), dt=dt, dt_factor=None,
+            integrator=integrator, substeps=substeps, method=method, accuracy=accuracy,
+            initial=sampler.to_dict(), seed=int(self.seed), split=str(self.split),
+            n_trajectories=int(self.n_trajectories), batch_size=int(self.batch_size),
+            compression=self.compression, rtol=float(self.rtol), atol=float(self.atol),
+        )
+        stepper = _build(json.dumps(cfg.to_dict(), sort_keys=True))[2]
+        if cfg.substeps == "auto":  # record the count actually used
+            cfg = GenerationConfig(**{**cfg.to_dict(), "substeps": stepper.substeps})
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; ``GenerationConfig(**d)`` inverts it."""
+        d = asdict(self)
+        d["params"], d["grid"] = dict(self.params), dict(self.grid)
+        d["initial"] = dict(self.initial) if self.initial is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GenerationConfig":
+        """Inverse of :meth:`to_dict`, refusing unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise DatagenError(f"unknown generation option(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+def trajectory_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator that draws trajectory ``index`` of ``split``: independent of batching."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(zlib.crc32(split.encode()), index)))
+
+
+@lru_cache(maxsize=8)
+def _build(cfg_json: str):
+    cfg = json.loads(cfg_json)
+    pde = catalogue.make_pde(cfg["pde"], cfg["params"])
+    grid = Grid.from_dict(cfg["grid"])
+    sd = SemiDiscrete(pde, grid, accuracy=cfg["accuracy"] or 2, method=cfg["method"])
+    stepper = make_integrator(cfg["integrator"], sd, cfg["dt"], cfg["substeps"], rtol=cfg["rtol"], atol=cfg["atol"])
+    return pde, grid, stepper, make_sampler(cfg["initial"])
+
+
+def solve_batch(cfg_json: str, start: int, stop: int) -> np.ndarray:
+    """Trajectories ``start..stop-1`` of a resolved config, float32 ``(b, steps+1, field, x, y)``."""
+    cfg = json.loads(cfg_json)
+    pde, grid, stepper, sampler = _build(cfg_json)
+    u0 = np.stack([sampler.sample(grid, pde.n_fields, trajectory_rng(cfg["seed"], cfg["split"], i))
+                   for i in range(start, stop)])
+    traj = stepper.rollout(u0, cfg["steps"])
+    return traj.astype(np.float32)
+
+
+def _versions() -> dict[str, str]:
+    import h5py
+    import scipy
+
+    from . import __version__
+
+    return {"datagen": __version__, "numpy": np.__version__, "scipy": scipy.__version__, "h5py": h5py.__version__}
+
+
+def _save_atomic(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, arr)
+    os.replace(tmp, path)
+
+
+def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int = 1, scheduler: str | None = None,
+             resume: bool = False, overwrite: bool = False,
+             progress: Callable[[int, int], None] | bool = False) -> Path:
+    """Generate one split into the HDF5 file ``out``; returns its path.
+
+    Args:
+        config: what to generate (resolved here).
+        out: output file name (its folder is created).
+        workers: local worker processes (1 solves in this process).
+        scheduler: address of a Dask distributed scheduler to run the batches on instead.
+        resume: continue an interrupted run of the same config.
+        overwrite: replace an existing output (and discard an interrupted run's work).
+        progress: ``True`` for a progress bar on stderr, or a callback ``(done, total)``.
+    """
+    cfg = config.resolve()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DatagenError(f"{out} exists; pass --overwrite to replace it")
+    if workers < 1:
+        raise DatagenError(f"workers={workers} must be at least 1")
+    work = out.with_name(f".{out.name}.partial")
+    cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if work.exists():
+            if overwrite:
+                shutil.rmtree(work)
+            elif not resume:
+                raise DatagenError(f"an interrupted run left {work}; pass --resume to continue it or --overwrite to restart")
+            elif (work / "config.json").read_text() != cfg_json:
+                raise DatagenError(f"{work} belongs to a run with other options; pass --overwrite to restart")
+        work.mkdir(exist_ok=True)
+        (work / "config.json").write_text(cfg_json)
+    except PermissionError:
+        raise DatagenError(f"cannot write to {out.parent}: permission denied; choose another --out") from None
+    except OSError as exc:
+        raise DatagenError(f"cannot write to {out.parent}: {exc.strerror}") from None
+
+    pde = catalogue.make_pde(cfg.pde, dict(cfg.params))
+    grid = Grid.from_dict(cfg.grid)
+    frame_bytes = pde.n_fields * grid.n_cells * 4
+    need = 2 * cfg.n_trajectories * (cfg.steps + 1) * frame_bytes
+    free = shutil.disk_usage(out.parent).free
+    if need > free:
+        raise DatagenError(
+            f"not enough disk space in {out.parent}: the dataset needs about {need / 1e9:.3g} GB "
+            f"(work files and final file) but {free / 1e9:.3g} GB are free; free space or use fewer trajectories"
+        )
+
+    bounds = [(s, min(s + cfg.batch_size, cfg.n_trajectories)) for s in range(0, cfg.n_trajectories, cfg.batch_size)]
+    files = [work / f"batch_{k:06d}.npy" for k in range(len(bounds))]
+    todo = [k for k, f in enumerate(files) if not f.exists()]
+    report = _progress_reporter(progress, len(bounds))
+    report(len(bounds) - len(todo))
+    try:
+        for k, arr in _run(cfg_json, [bounds[k] for k in todo], todo, workers, scheduler):
+            _save_atomic(files[k], arr)
+            report(1)
+        meta = {
+            "dataset_name": cfg.pde, "fields": pde.fields, "parameters": pde.parameters,
+            "n_trajectories": cfg.n_trajectories, "time": cfg.dt * np.arange(cfg.steps + 1),
+            "x": grid.x, "y": grid.y, "boundary": cfg.grid,
+            "provenance": {"config": cfg.to_dict(), "pde": pde.to_dict(), "expression": pde.expression(),
+                           "versions": _versions()},
+        }
+        write_dataset(out, (np.load(f, mmap_mode="r") for f in files), meta=meta, compression=cfg.compression)
+    except OSError as exc:
+        raise DatagenError(
+            f"writing {out} failed: {exc.strerror or exc}; nothing was written under that name "
+            "(free space if the disk is full, then rerun with --resume)"
+        ) from None
+    finally:
+        report(None)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _progress_reporter(progress, total: int):
+    if callable(progress):
+        done = [0]
+
+        def cb(n):
+            if n is not None:
+                done[0] += n
+                progress(done[0], total)
+        return cb
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="batch", desc="generate")
+
+        def tq(n):
+            if n is None:
+                bar.close()
+            else:
+                bar.update(n)
+        return tq
+    return lambda n: None
+
+
+def _run(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], workers: int, scheduler: str | None):
+    """Yield ``(key, batch)`` as batches finish, keeping at most 2 x workers in flight."""
+    if scheduler:
+        try:
+            from distributed import Client, as_completed
+        except ImportError:
+            raise DatagenError("--scheduler needs the dask extra: pip install 'pdesurrogate[dask]'") from None
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise DatagenError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+        try:
+            futs = {client.submit(solve_batch, cfg_json, a, b, pure=False): k for k, (a, b) in zip(keys, bounds)}
+            for fut in as_completed(futs):
+                yield futs[fut], fut.result()
+                fut.release()
+        finally:
+            client.close()
+        return
+    if workers == 1:
+        for k, (a, b) in zip(keys, bounds):
+            yield k, solve_batch(cfg_json, a, b)
+        return
+    import multiprocessing as mp
+
+    # fork where available: spawn re-imports __main__, which fails for notebooks and stdin scripts
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+        pending: dict = {}
+        queue = list(zip(keys, bounds))
+        while queue or pending:
+            while queue and len(pending) < 2 * workers:
+                k, (a, b) = queue.pop(0)
+                pending[ex.submit(solve_batch, cfg_json, a, b)] = k
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield pending.pop(fut), fut.result()
+
+
+def generate_splits(config: GenerationConfig, splits: Mapping[str, int], out_dir: str | os.PathLike,
+                    **kwargs: Any) -> list[Path]:
+    """Generate ``{split: n_trajectories}`` into ``out_dir/<split>.h5`` (same options otherwise)."""
+    if not splits:
+        raise DatagenError("no splits given; e.g. train=64,test=16")
+    paths = []
+    for name, n in splits.items():
+        cfg = GenerationConfig(**{**config.to_dict(), "split": name, "n_trajectories": n})
+        paths.append(generate(cfg, Path(out_dir) / f"{name}.h5", **kwargs))
+    return paths

@@ -1,0 +1,224 @@
+"""The method-of-lines right-hand side F(U) of a :class:`~datagen.pde.PDE` on a :class:`Grid`.
+
+``SemiDiscrete(pde, grid, accuracy=2, method="fd")(U)`` evaluates F on arrays shaped
+``(..., field, x, y)``: every derivative the PDE uses is computed once per call with whole-array
+operations (finite-difference stencils on ghost-padded arrays, or Fourier multipliers on periodic
+grids), and the polynomial terms are then products of those arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import DatagenError
+from .grid import Grid
+from .pde import PDE, Derivative, Term
+from .stencils import apply_1d, matrix_1d, stencil_radius, stencil_symbol
+
+__all__ = ["SemiDiscrete", "METHODS"]
+
+METHODS = ("fd", "spectral")
+
+
+class SemiDiscrete:
+    """Callable ``F(U)`` for the method of lines.
+
+    Args:
+        pde: the equations.
+        grid: grid and boundary.
+        accuracy: order of the central finite differences (2, 4, 6, 8); ignored for ``spectral``.
+        method: ``"fd"`` (any boundary) or ``"spectral"`` (Fourier pseudo-spectral, periodic only;
+            products are formed in physical space without dealiasing).
+    """
+
+    def __init__(self, pde: PDE, grid: Grid, accuracy: int = 2, method: Literal["fd", "spectral"] = "fd") -> None:
+        if method not in METHODS:
+            raise DatagenError(f"unknown space discretisation {method!r}; choose one of {METHODS}")
+        if method == "spectral" and grid.boundary != "periodic":
+            raise DatagenError(
+                f"the spectral method needs a periodic grid, not {grid.boundary!r}; use method='fd'"
+            )
+        if grid.boundary == "dirichlet" and isinstance(grid.boundary_value, tuple) and len(grid.boundary_value) != pde.n_fields:
+            raise DatagenError(
+                f"boundary_value has {len(grid.boundary_value)} entries but {pde.name} has "
+                f"{pde.n_fields} fields; give one per field"
+            )
+        self.pde, self.grid, self.accuracy, self.method = pde, grid, int(accuracy), method
+        self.derivs = pde.derivatives()
+        self.radius = max((stencil_radius(max(d.order), self.accuracy) for d in self.derivs if d.total_order), default=0)
+        if method == "fd" and self.radius and min(grid.shape) < 2 * self.radius + 1:
+            raise DatagenError(f"grid {grid.shape} is too small for stencils of radius {self.radius}")
+        self._lin_mask = [[self._is_linear_diag(c, t) for t in terms] for c, terms in enumerate(pde.rhs)]
+        if method == "spectral":
+            nx, ny = grid.shape
+            self._kx = 2j * np.pi * np.fft.fftfreq(nx, d=grid.dx)
+            self._ky = 2j * np.pi * np.fft.rfftfreq(ny, d=grid.dy)
+
+    # -- evaluation --------------------------------------------------------------------
+    def __call__(self, u: np.ndarray) -> np.ndarray:
+        """F(U) for ``U`` of shape ``(..., field, x, y)``."""
+        return self.evaluate(u)
+
+    def evaluate(self, u: np.ndarray, part: Literal["all", "nonlinear"] = "all") -> np.ndarray:
+        """F(U), or with ``part="nonlinear"`` only the terms outside :meth:`linear_symbol`."""
+        self._check(u)
+        if part == "nonlinear":
+            needed = {d for c, terms in enumerate(self.pde.rhs)
+                      for t, lin in zip(terms, self._lin_mask[c]) if not lin for d in t.factors}
+        else:
+            needed = None
+        D = self.derivative_arrays(u, needed)
+        out = np.zeros_like(u)
+        for c, terms in enumerate(self.pde.rhs):
+            acc = out[..., c, :, :]
+            for t, lin in zip(terms, self._lin_mask[c]):
+                if part == "nonlinear" and lin:
+                    continue
+                if not t.factors:
+                    acc += t.coeff
+                    continue
+                prod = D[t.factors[0]]
+                for d in t.factors[1:]:
+                    prod = prod * D[d]
+                acc += t.coeff * prod
+        return out
+
+    def derivative_arrays(self, u: np.ndarray, needed: set[Derivative] | None = None) -> dict[Derivative, np.ndarray]:
+        """The derivatives the PDE uses (or those in ``needed``), keyed by :class:`Derivative`,
+        each ``(..., x, y)``."""
+        fi = {f: k for k, f in enumerate(self.pde.fields)}
+        out: dict[Derivative, np.ndarray] = {}
+        derivs = self.derivs if needed is None else [d for d in self.derivs if d in needed]
+        if self.method == "spectral":
+            if all(d.total_order == 0 for d in derivs):
+                return {d: u[..., fi[d.field], :, :] for d in derivs}
+            uh = np.fft.rfft2(u)
+            for d in derivs:
+                c = fi[d.field]
+                if d.total_order == 0:
+                    out[d] = u[..., c, :, :]
+                else:
+                    out[d] = np.fft.irfft2(uh[..., c, :, :] * self.multiplier(d.order), s=self.grid.shape)
+            return out
+        R = self.radius if any(d.total_order for d in derivs) else 0
+        padded = self.grid.pad(u, R) if R else u
+        nx, ny = self.grid.shape
+        dx, dy = self.grid.spacing
+        for d in derivs:
+            c = fi[d.field]
+            if d.total_order == 0:
+                out[d] = u[..., c, :, :]
+                continue
+            i, j = d.order
+            p = padded[..., c, :, :]
+            if i:
+                p = apply_1d(p, i, self.accuracy, axis=-2, pad=R, n=nx, h=dx)
+            else:
+                p = p[..., R:R + nx, :]
+            if j:
+                p = apply_1d(p, j, self.accuracy, axis=-1, pad=R, n=ny, h=dy)
+            else:
+                p = p[..., R:R + ny]
+            out[d] = p
+        return out
+
+    def multiplier(self, order: tuple[int, int]) -> np.ndarray:
+        """Fourier multiplier ``(i kx)^i (i ky)^j`` on the rfft2 layout (odd orders drop Nyquist)."""
+        i, j = order
+        kx, ky = self._kx.copy(), self._ky.copy()
+        nx, ny = self.grid.shape
+        if i % 2 and nx % 2 == 0:
+            kx[nx // 2] = 0
+        if j % 2 and ny % 2 == 0:
+            ky[-1] = 0
+        return (kx ** i)[:, None] * (ky ** j)[None, :]
+
+    # -- linear structure --------------------------------------------------------------
+    def _is_linear_diag(self, c: int, t: Term) -> bool:
+        return t.degree == 1 and t.factors[0].field == self.pde.fields[c]
+
+    def linear_symbol(self) -> np.ndarray:
+        """Diagonal linear part per field on the rfft2 layout, shape ``(field, nx, ny//2+1)``.
+
+        It collects each equation's terms that are linear in its own field; the other terms form
+        the ``nonlinear`` part. Used by exponential integrators on periodic grids.
+        """
+        if self.grid.boundary != "periodic":
+            raise DatagenError("a Fourier symbol needs a periodic grid")
+        nx, ny = self.grid.shape
+        L = np.zeros((self.pde.n_fields, nx, ny // 2 + 1), dtype=complex)
+        for c, terms in enumerate(self.pde.rhs):
+            for t, lin in zip(terms, self._lin_mask[c]):
+                if lin:
+                    L[c] += t.coeff * self._symbol(t.factors[0].order)
+        return L
+
+    def _symbol(self, order: tuple[int, int]) -> np.ndarray:
+        if self.method == "spectral":
+            return self.multiplier(order)
+        nx, ny = self.grid.shape
+        tx = 2 * np.pi * np.fft.fftfreq(nx)
+        ty = 2 * np.pi * np.fft.rfftfreq(ny)
+        sx = stencil_symbol(order[0], self.accuracy, tx) / self.grid.dx ** order[0]
+        sy = stencil_symbol(order[1], self.accuracy, ty) / self.grid.dy ** order[1]
+        return sx[:, None] * sy[None, :]
+
+    def stiff_eigenvalues(self) -> np.ndarray:
+        """Eigenvalues of the constant-coefficient derivative terms (von Neumann analysis).
+
+        Only same-field terms of derivative order >= 1 count: they set the explicit step limit.
+        Reaction terms and nonlinear transport are left out.
+        """
+        nx, ny = self.grid.shape
+        lams = []
+        for c, terms in enumerate(self.pde.rhs):
+            L = np.zeros((nx, ny // 2 + 1), dtype=complex)
+            for t, lin in zip(terms, self._lin_mask[c]):
+                if lin and t.factors[0].total_order > 0:
+                    L += t.coeff * self._symbol(t.factors[0].order)
+            lams.append(L.ravel())
+        return np.concatenate(lams)
+
+    # -- Jacobian ----------------------------------------------------------------------
+    def jacobian(self, u: np.ndarray) -> sp.csr_matrix:
+        """Sparse dF/dU at one state ``u (field, x, y)``, on the C-order flattening of ``u``."""
+        if self.method != "fd":
+            raise DatagenError("a sparse Jacobian needs method='fd'")
+        self._check(u)
+        if u.ndim != 3:
+            raise DatagenError(f"jacobian takes one state (field, x, y), got shape {u.shape}")
+        D = self.derivative_arrays(u)
+        mats = {d: self._operator(d.order) for d in self.derivs}
+        nf, n = self.pde.n_fields, self.grid.n_cells
+        fi = {f: k for k, f in enumerate(self.pde.fields)}
+        blocks = [[None] * nf for _ in range(nf)]
+        for c, terms in enumerate(self.pde.rhs):
+            for t in terms:
+                for k, dk in enumerate(t.factors):
+                    others = np.full(self.grid.shape, t.coeff)
+                    for m, dm in enumerate(t.factors):
+                        if m != k:
+                            others = others * D[dm]
+                    blk = sp.diags(others.ravel()) @ mats[dk]
+                    col = fi[dk.field]
+                    blocks[c][col] = blk if blocks[c][col] is None else blocks[c][col] + blk
+        for c in range(nf):
+            for col in range(nf):
+                if blocks[c][col] is None:
+                    blocks[c][col] = sp.csr_matrix((n, n))
+        return sp.bmat(blocks, format="csr")
+
+    def _operator(self, order: tuple[int, int]) -> sp.csr_matrix:
+        ax = matrix_1d(self.grid, 0, order[0], self.accuracy)
+        ay = matrix_1d(self.grid, 1, order[1], self.accuracy)
+        return sp.kron(ax, ay, format="csr")
+
+    def _check(self, u: np.ndarray) -> None:
+        if u.ndim < 3 or u.shape[-3:] != (self.pde.n_fields, *self.grid.shape):
+            raise DatagenError(
+                f"state of shape {u.shape} does not fit {self.pde.name} on {self.grid.shape}: "
+                f"expected (..., {self.pde.n_fields}, {self.grid.shape[0]}, {self.grid.shape[1]})"
+            )

@@ -1,0 +1,326 @@
+"""HDF5 datasets in The Well's data format, with provenance; reader, validator and summary.
+
+Layout (attributes marked @)::
+
+    /  @dataset_name @grid_type="cartesian" @n_spatial_dims=2 @n_trajectories
+       @simulation_parameters=[names] @<name>=value ...  @provenance=<JSON>  @datagen_format=1
+    /dimensions          @spatial_dims=["x","y"];  time (T,), x (nx,), y (ny,)  float32
+    /boundary_conditions /x_<kind>, /y_<kind>: @associated_dims @associated_fields @bc_type
+                         @condition; mask bool(n), values float32
+    /scalars             @field_names=[parameters]; one float32 dataset per parameter
+    /t0_fields           @field_names=[fields]; <field> float32 (n_traj, T, nx, ny),
+                         chunked one (trajectory, time) frame per chunk
+    /t1_fields, /t2_fields  (empty: scalar fields only)
+
+``provenance`` holds the resolved generation config, the PDE spec and package versions, which is
+enough to regenerate the file byte for byte (``datagen generate --from FILE``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .errors import DatagenError
+
+__all__ = ["write_dataset", "read_provenance", "open_dataset", "validate", "ValidationReport", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+COMPRESSIONS = ("none", "gzip", "lzf")
+
+
+def _h5():
+    import h5py
+
+    return h5py
+
+
+def write_dataset(path: str | os.PathLike, batches: Iterable[np.ndarray], *, meta: dict[str, Any],
+                  compression: str = "none") -> Path:
+    """Write trajectories to ``path`` atomically (a temporary name renamed on success).
+
+    Args:
+        path: final file name.
+        batches: arrays ``(b, T, field, nx, ny)``, streamed to disk in order.
+        meta: ``dataset_name``, ``fields``, ``parameters`` (dict), ``n_trajectories``, ``time``,
+            ``x``, ``y`` (float64 arrays), ``boundary`` (grid dict) and ``provenance`` (dict).
+        compression: ``"none"`` (default), ``"gzip"`` or ``"lzf"``.
+    """
+    h5py = _h5()
+    if compression not in COMPRESSIONS:
+        raise DatagenError(f"unknown compression {compression!r}; choose one of {COMPRESSIONS}")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fields, params = list(meta["fields"]), dict(meta["parameters"])
+    n_traj, T = int(meta["n_trajectories"]), len(meta["time"])
+    nx, ny = len(meta["x"]), len(meta["y"])
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["dataset_name"] = meta["dataset_name"]
+            f.attrs["grid_type"] = "cartesian"
+            f.attrs["n_spatial_dims"] = 2
+            f.attrs["n_trajectories"] = n_traj
+            f.attrs["simulation_parameters"] = list(params)
+            for k, v in params.items():
+                f.attrs[k] = float(v)
+            f.attrs["datagen_format"] = FORMAT_VERSION
+            f.attrs["provenance"] = json.dumps(meta["provenance"], sort_keys=True)
+
+            dims = f.create_group("dimensions")
+            dims.attrs["spatial_dims"] = ["x", "y"]
+            t = dims.create_dataset("time", data=np.asarray(meta["time"], np.float32))
+            t.attrs["sample_varying"] = False
+            for name in ("x", "y"):
+                d = dims.create_dataset(name, data=np.asarray(meta[name], np.float32))
+                d.attrs["sample_varying"] = False
+                d.attrs["time_varying"] = False
+
+            bcs = f.create_group("boundary_conditions")
+            grid = meta["boundary"]
+            kind = grid["boundary"]
+            bv = grid.get("boundary_value", 0.0)
+            for name, n in (("x", nx), ("y", ny)):
+                g = bcs.create_group(f"{name}_{kind}")
+                g.attrs["associated_dims"] = [name]
+                g.attrs["associated_fields"] = [] if kind == "periodic" else fields
+                g.attrs["bc_type"] = "periodic" if kind == "periodic" else "wall"
+                g.attrs["condition"] = kind
+                g.attrs["sample_varying"] = False
+                g.attrs["time_varying"] = False
+                mask = np.zeros(n, bool)
+                mask[[0, -1]] = True
+                g.create_dataset("mask", data=mask)
+                wall = float(bv[0]) if isinstance(bv, list) else float(bv)
+                g.create_dataset("values", data=np.full(2, wall if kind == "dirichlet" else 0.0, np.float32))
+
+            sc = f.create_group("scalars")
+            sc.attrs["field_names"] = list(params)
+            for k, v in params.items():
+                d = sc.create_dataset(k, data=np.float32(v))
+                d.attrs["sample_varying"] = False
+                d.attrs["time_varying"] = False
+
+            t0 = f.create_group("t0_fields")
+            t0.attrs["field_names"] = fields
+            kw = {} if compression == "none" else {"compression": compression}
+            dsets = []
+            for name in fields:
+                d = t0.create_dataset(name, shape=(n_traj, T, nx, ny), dtype=np.float32,
+                                      chunks=(1, 1, nx, ny), **kw)
+                d.attrs["dim_varying"] = [True, True]
+                d.attrs["sample_varying"] = True
+                d.attrs["time_varying"] = True
+                dsets.append(d)
+            for name in ("t1_fields", "t2_fields"):
+                f.create_group(name).attrs["field_names"] = []
+
+            start = 0
+            for batch in batches:
+                b = batch.shape[0]
+                if start + b > n_traj or batch.shape[1:] != (T, len(fields), nx, ny):
+                    raise DatagenError(f"batch of shape {batch.shape} does not fit the dataset layout")
+                for k, d in enumerate(dsets):
+                    d[start:start + b] = batch[:, :, k].astype(np.float32, copy=False)
+                start += b
+            if start != n_traj:
+                raise DatagenError(f"only {start} of {n_traj} trajectories were provided")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# -- reading -----------------------------------------------------------------------------
+def _open(path: str | os.PathLike):
+    h5py = _h5()
+    p = Path(path)
+    if not p.exists():
+        raise DatagenError(f"{p}: no such file")
+    try:
+        return h5py.File(p, "r")
+    except OSError:
+        raise DatagenError(f"{p} is not a readable HDF5 file (corrupt, truncated or another format)") from None
+
+
+def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
+    """The provenance dict stored in a dataset (raises for files that are not datagen datasets)."""
+    with _open(path) as f:
+        return _provenance(f, path)
+
+
+def _provenance(f, path) -> dict[str, Any]:
+    if "provenance" not in f.attrs or "t0_fields" not in f:
+        raise DatagenError(
+            f"{path} is an HDF5 file but not a datagen dataset (no provenance / t0_fields); "
+            "was it written by `datagen generate`?"
+        )
+    try:
+        return json.loads(f.attrs["provenance"])
+    except (TypeError, ValueError):
+        raise DatagenError(f"{path}: its provenance attribute is not valid JSON") from None
+
+
+def open_dataset(path: str | os.PathLike, lazy: bool = False):
+    """The dataset as an :class:`xarray.Dataset` with dims ``trajectory, time, x, y``.
+
+    Coordinates are the exact float64 grid and times from the provenance; one data variable per
+    field; attributes carry the PDE expression, parameters and the provenance JSON. With
+    ``lazy=True`` the fields are dask arrays read on demand (needs the ``[dask]`` extra) and the
+    file stays open while they are in use.
+    """
+    import xarray as xr
+
+    from .grid import Grid
+    from .pde import PDE
+
+    f = _open(path)
+    try:
+        prov = _provenance(f, path)
+        grid = Grid.from_dict(prov["config"]["grid"])
+        pde = PDE.from_dict(prov["pde"])
+        T = f["dimensions/time"].shape[0]
+        time = prov["config"]["dt"] * np.arange(T)
+        data_vars = {}
+        for name in pde.fields:
+            d = f[f"t0_fields/{name}"]
+            if lazy:
+                import dask.array as da
+
+                arr = da.from_array(d, chunks=(1, T, *grid.shape))
+            else:
+                arr = d[...]
+            data_vars[name] = (("trajectory", "time", "x", "y"), arr)
+        attrs = {"dataset_name": f.attrs["dataset_name"], "pde": pde.expression(),
+                 "provenance": f.attrs["provenance"],
+                 **{k: float(v) for k, v in pde.parameters.items()}}
+        ds = xr.Dataset(data_vars, coords={"trajectory": np.arange(f.attrs["n_trajectories"]),
+                                           "time": time, "x": grid.x, "y": grid.y}, attrs=attrs)
+    finally:
+        if not lazy:
+            f.close()
+    return ds
+
+
+# -- validation --------------------------------------------------------------------------
+@dataclass
+class ValidationReport:
+    """Schema errors, physics warnings and summary facts of one dataset."""
+
+    path: str
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """No schema errors (warnings allowed)."""
+        return not self.errors
+
+    def verdict(self) -> str:
+        """One-word verdict: ``ok``, ``warnings`` or ``invalid``."""
+        return "invalid" if self.errors else ("warnings" if self.warnings else "ok")
+
+
+# Regions that the PDE keeps invariant: data starting inside must stay inside.
+_INVARIANT = {"fisher": (0.0, 1.0), "allen_cahn": (-1.0, 1.0)}
+
+
+def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol: float = 1e-4) -> ValidationReport:
+    """Check the schema and the physical sanity of a dataset, streaming one trajectory at a time.
+
+    Schema: required groups, attributes and shapes. Physics: finite values; invariant bounds
+    (Fisher in [0, 1], Allen-Cahn in [-1, 1], heat within its initial range) for trajectories
+    that start inside them; Fisher data that goes negative is reported (its reaction term then
+    drives u down without bound over long horizons); trajectories whose last step changes by
+    less than ``stationary_tol`` (relative) are flagged as stationary.
+    """
+    rep = ValidationReport(str(path))
+    with _open(path) as f:
+        for key in ("dataset_name", "grid_type", "n_spatial_dims", "n_trajectories", "simulation_parameters"):
+            if key not in f.attrs:
+                rep.errors.append(f"missing root attribute {key!r}")
+        for g in ("dimensions", "boundary_conditions", "scalars", "t0_fields", "t1_fields", "t2_fields"):
+            if g not in f:
+                rep.errors.append(f"missing group {g!r}")
+        if rep.errors:
+            return rep
+        for k in f.attrs["simulation_parameters"]:
+            if k not in f.attrs:
+                rep.errors.append(f"simulation parameter {k!r} has no root attribute")
+        try:
+            prov = _provenance(f, path)
+        except DatagenError as exc:
+            rep.errors.append(str(exc))
+            return rep
+        dims = f["dimensions"]
+        missing = [k for k in ("time", "x", "y") if k not in dims]
+        if missing:
+            rep.errors.append(f"dimensions lacks {missing}")
+            return rep
+        T, nx, ny = dims["time"].shape[0], dims["x"].shape[0], dims["y"].shape[0]
+        n = int(f.attrs["n_trajectories"])
+        names = [str(s) for s in f["t0_fields"].attrs.get("field_names", [])]
+        if not names:
+            rep.errors.append("t0_fields lists no field_names")
+        for name in names:
+            if name not in f["t0_fields"]:
+                rep.errors.append(f"t0_fields lists {name!r} but has no such dataset")
+                continue
+            d = f["t0_fields"][name]
+            if d.shape != (n, T, nx, ny):
+                rep.errors.append(f"field {name!r} has shape {d.shape}, expected {(n, T, nx, ny)}")
+            if d.dtype != np.float32:
+                rep.errors.append(f"field {name!r} is {d.dtype}, expected float32")
+        rep.facts.update(n_trajectories=n, n_time=T, shape=(nx, ny), fields=names,
+                         pde=prov.get("pde", {}).get("name"))
+        if rep.errors:
+            return rep
+
+        pde_name = prov.get("pde", {}).get("name")
+        bounds = _INVARIANT.get(pde_name)
+        nonfinite, stationary, escaped, negative = [], [], [], []
+        ranges = {name: [np.inf, -np.inf] for name in names}
+        for i in range(n):
+            traj = np.stack([f["t0_fields"][name][i] for name in names], axis=1)  # (T, F, nx, ny)
+            if not np.all(np.isfinite(traj)):
+                nonfinite.append(i)
+                continue
+            for k, name in enumerate(names):
+                ranges[name][0] = min(ranges[name][0], float(traj[:, k].min()))
+                ranges[name][1] = max(ranges[name][1], float(traj[:, k].max()))
+            if T >= 2:
+                scale = max(float(np.abs(traj[-1]).max()), 1e-30)
+                if float(np.abs(traj[-1] - traj[-2]).max()) <= stationary_tol * scale:
+                    stationary.append(i)
+            u0 = traj[0]
+            lo, hi = bounds if bounds else ((float(u0.min()), float(u0.max())) if pde_name == "heat" else (None, None))
+            if lo is not None:
+                tol = bound_tol * max(1.0, hi - lo)
+                if u0.min() >= lo - tol and u0.max() <= hi + tol:
+                    if traj.min() < lo - tol or traj.max() > hi + tol:
+                        escaped.append(i)
+                elif pde_name == "fisher" and u0.min() < 0:
+                    negative.append(i)
+        rep.facts["ranges"] = {k: tuple(v) for k, v in ranges.items()}
+        if nonfinite:
+            rep.errors.append(f"{len(nonfinite)} trajectories hold NaN or inf values (first: {nonfinite[0]})")
+        if escaped:
+            rep.errors.append(
+                f"{len(escaped)} trajectories leave the invariant range {bounds or 'of their initial data'} "
+                f"that they started in (first: {escaped[0]})"
+            )
+        if negative:
+            rep.warnings.append(
+                f"{len(negative)} of {n} Fisher trajectories start with negative values (min "
+                f"{ranges[names[0]][0]:.3g}): the reaction u(1-u) drives negative u down without bound "
+                "over long horizons; use an initial condition in [0, 1] for physical data"
+            )
+        if stationary:
+            rep.warnings.append(f"{len(stationary)} trajectories went stationary (first: {stationary[0]})")
+    return rep

@@ -29,7 +29,7 @@ from . import catalogue
 from .errors import DatagenError
 from .grid import Grid
 from .initial import make_sampler
-from .integrators import make_integrator
+from .integrators import RK4, make_integrator, reaction_rate
 from .semidiscrete import SemiDiscrete
 from .store import COMPRESSIONS, write_dataset
 
@@ -103,10 +103,15 @@ class GenerationConfig:
             raise DatagenError(f"time step dt={dt!r} must be a positive number")
         integrator, method, accuracy, substeps = self.integrator, self.method, int(self.accuracy), self.substeps
         if integrator == "reference":
+            # resolve reactions too: at most h * rate = 0.25 (ETDRK4) or 0.1 (RK4) per substep
+            rate = reaction_rate(pde)
             if grid.boundary == "periodic":
                 integrator, method = "etdrk4", method or "spectral"
+                substeps = max(1, math.ceil(dt * rate / 0.25))
             else:
-                integrator, method, accuracy, substeps = "rk4", method or "fd", max(accuracy, 4), "auto"
+                integrator, method, accuracy = "rk4", method or "fd", max(accuracy, 4)
+                stable = RK4.auto_substeps(SemiDiscrete(pde, grid, accuracy, method), dt)
+                substeps = max(stable, math.ceil(dt * rate / 0.1))
         method = method or "fd"
         if method == "spectral":
             accuracy = 0

@@ -27,7 +27,8 @@ import numpy as np
 from .errors import DatagenError
 from .semidiscrete import SemiDiscrete
 
-__all__ = ["Euler", "RK4", "ETDRK4", "ScipyIVP", "INTEGRATORS", "make_integrator", "max_stable_step", "rollout"]
+__all__ = ["Euler", "RK4", "ETDRK4", "ScipyIVP", "INTEGRATORS", "make_integrator", "max_stable_step", "reaction_rate",
+           "rollout"]
 
 
 def _r_euler(z: np.ndarray) -> np.ndarray:
@@ -62,6 +63,14 @@ def max_stable_step(sd: SemiDiscrete, method: Literal["euler", "rk4"]) -> float:
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     # With the 1e-12 slack, a spectrum on the imaginary axis admits only a vanishing step.
     return lo if lo > 1e-3 / np.abs(lam).max() else 0.0
+
+
+def reaction_rate(pde) -> float:
+    """Rough rate of the reaction terms: per equation, the sum of |coefficients| of terms with
+    no derivatives (constants excluded), for fields of unit size; the largest over equations."""
+    rates = [sum(abs(t.coeff) for t in terms if t.factors and all(d.total_order == 0 for d in t.factors))
+             for terms in pde.rhs]
+    return max(rates, default=0.0)
 
 
 class _Stepper:

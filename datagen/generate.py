@@ -205,12 +205,15 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
         overwrite: replace an existing output (and discard an interrupted run's work).
         progress: ``True`` for a progress bar on stderr, or a callback ``(done, total)``.
     """
-    cfg = config.resolve()
     out = Path(out)
     if out.exists() and not overwrite:
         raise DatagenError(f"{out} exists; pass --overwrite to replace it")
     if workers < 1:
         raise DatagenError(f"workers={workers} must be at least 1")
+    pde = catalogue.make_pde(config.pde, dict(config.params))
+    grid = Grid.from_dict(config.grid)
+    _check_space(out, pde.n_fields * grid.n_cells * 4 * (int(config.steps) + 1) * int(config.n_trajectories))
+    cfg = config.resolve()
     work = out.with_name(f".{out.name}.partial")
     cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
     try:
@@ -229,17 +232,6 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
     except OSError as exc:
         raise DatagenError(f"cannot write to {out.parent}: {exc.strerror}") from None
 
-    pde = catalogue.make_pde(cfg.pde, dict(cfg.params))
-    grid = Grid.from_dict(cfg.grid)
-    frame_bytes = pde.n_fields * grid.n_cells * 4
-    need = 2 * cfg.n_trajectories * (cfg.steps + 1) * frame_bytes
-    free = shutil.disk_usage(out.parent).free
-    if need > free:
-        raise DatagenError(
-            f"not enough disk space in {out.parent}: the dataset needs about {need / 1e9:.3g} GB "
-            f"(work files and final file) but {free / 1e9:.3g} GB are free; free space or use fewer trajectories"
-        )
-
     bounds = [(s, min(s + cfg.batch_size, cfg.n_trajectories)) for s in range(0, cfg.n_trajectories, cfg.batch_size)]
     files = [work / f"batch_{k:06d}.npy" for k in range(len(bounds))]
     todo = [k for k, f in enumerate(files) if not f.exists()]
@@ -256,7 +248,7 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
             "provenance": {"config": cfg.to_dict(), "pde": pde.to_dict(), "expression": pde.expression(),
                            "versions": _versions()},
         }
-        write_dataset(out, (np.load(f, mmap_mode="r") for f in files), meta=meta, compression=cfg.compression)
+        _write_isolated(out, files, meta, cfg.compression)
     except OSError as exc:
         raise DatagenError(
             f"writing {out} failed: {exc.strerror or exc}; nothing was written under that name "
@@ -266,6 +258,54 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
         report(None)
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _writer_main(conn, out: Path, files: list[Path], meta: dict, compression: str) -> None:
+    try:
+        write_dataset(out, (np.load(f, mmap_mode="r") for f in files), meta=meta, compression=compression)
+        conn.send(None)
+    except BaseException as exc:  # report, whatever it is; the parent decides
+        conn.send(getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
+    finally:
+        conn.close()
+
+
+def _write_isolated(out: Path, files: list[Path], meta: dict, compression: str) -> None:
+    """Write the HDF5 file in a child process.
+
+    When a write fails (disk full), libhdf5 keeps the file open and can crash the interpreter at
+    exit; a child process confines that, and the parent removes the temporary file.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_writer_main, args=(send, out, files, meta, compression))
+    proc.start()
+    send.close()
+    try:
+        msg = recv.recv()
+    except EOFError:
+        msg = f"the writer process died (exit code {proc.exitcode})"
+    proc.join()
+    if msg is not None:
+        out.with_name(f".{out.name}.tmp").unlink(missing_ok=True)
+        raise OSError(msg)
+
+
+def _check_space(out: Path, dataset_bytes: int) -> None:
+    """Refuse before any work when the disk cannot hold the work files and the final file."""
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DatagenError(f"cannot write to {out.parent}: {folder} is not a folder")
+    need, free = 2 * dataset_bytes, shutil.disk_usage(folder).free
+    if need > free:
+        raise DatagenError(
+            f"not enough disk space in {folder}: the dataset needs about {need / 1e9:.3g} GB "
+            f"(work files and final file) but {free / 1e9:.3g} GB are free; free space or use fewer trajectories"
+        )
 
 
 def _progress_reporter(progress, total: int):

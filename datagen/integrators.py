@@ -177,16 +177,22 @@ class ETDRK4(_Stepper):
             raise DatagenError("etdrk4 needs a periodic grid; use 'rk4' or 'bdf' for walls")
         h = self.h
         L = sd.linear_symbol()
-        self.E, self.E2 = np.exp(h * L), np.exp(h * L / 2)
+        # Symbols repeat a lot (isotropy); contour sums only over the distinct values.
+        vals, inverse = np.unique(L.ravel(), return_inverse=True)
         r = np.exp(1j * np.pi * (np.arange(1, contour_points + 1) - 0.5) / contour_points)
-        LR = h * L[..., None] + r
-        self.Q = h * np.mean((np.exp(LR / 2) - 1) / LR, axis=-1)
-        self.f1 = h * np.mean((-4 - LR + np.exp(LR) * (4 - 3 * LR + LR ** 2)) / LR ** 3, axis=-1)
-        self.f2 = h * np.mean((2 + LR + np.exp(LR) * (-2 + LR)) / LR ** 3, axis=-1)
-        self.f3 = h * np.mean((-4 - 3 * LR - LR ** 2 + np.exp(LR) * (4 - LR)) / LR ** 3, axis=-1)
-        if np.all(np.isreal(L)):
-            for name in ("E", "E2", "Q", "f1", "f2", "f3"):
-                setattr(self, name, np.real(getattr(self, name)))
+        LR = h * vals[:, None] + r
+        eLR = np.exp(LR)
+        coeffs = {
+            "E": np.exp(h * vals), "E2": np.exp(h * vals / 2),
+            "Q": h * np.mean((np.exp(LR / 2) - 1) / LR, axis=-1),
+            "f1": h * np.mean((-4 - LR + eLR * (4 - 3 * LR + LR ** 2)) / LR ** 3, axis=-1),
+            "f2": h * np.mean((2 + LR + eLR * (-2 + LR)) / LR ** 3, axis=-1),
+            "f3": h * np.mean((-4 - 3 * LR - LR ** 2 + eLR * (4 - LR)) / LR ** 3, axis=-1),
+        }
+        real = bool(np.all(np.imag(vals) == 0))
+        for name, c in coeffs.items():
+            c = c[inverse].reshape(L.shape)
+            setattr(self, name, np.real(c) if real else c)
         self.shape = sd.grid.shape
 
     def _N(self, vh: np.ndarray) -> np.ndarray:

@@ -242,6 +242,8 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
     """
     rep = ValidationReport(str(path))
     with _open(path) as f:
+        if "t0_fields" not in f and "provenance" not in f.attrs:
+            _provenance(f, path)  # raises: a foreign HDF5 file, nothing of ours to check
         for key in ("dataset_name", "grid_type", "n_spatial_dims", "n_trajectories", "simulation_parameters"):
             if key not in f.attrs:
                 rep.errors.append(f"missing root attribute {key!r}")

@@ -1,0 +1,187 @@
+"""The `datagen` console script, run as a user runs it."""
+
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datagen import open_dataset
+
+EXE = shutil.which("datagen") or pytest.fail("the datagen console script is not installed (pip install -e .)")
+SMALL = ["--grid", "32,32", "--steps", "5", "--quiet"]
+
+
+def run(*args, check=True, **kw):
+    p = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, **kw)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def assert_one_line_error(p, match):
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("datagen: error: "), p.stderr
+    assert "Traceback" not in p.stderr
+    assert match in lines[0], lines[0]
+
+
+def test_list_shows_every_entry_with_parameters():
+    out = run("list").stdout
+    for name in ("heat", "advection", "fisher", "allen_cahn", "gray_scott", "fitzhugh_nagumo", "burgers"):
+        assert f"{name}: " in out
+    assert "parameters: a=0.01, r=1" in out and "u_t = 0.01*(u_xx + u_yy) + u - u^2" in out
+
+
+def test_generate_info_validate_and_regenerate_from_provenance(tmp_path):
+    out = tmp_path / "fisher"
+    p = run("generate", "fisher", "--out", out, "--splits", "train=4,test=2", "--seed", "0", *SMALL)
+    assert p.stdout.split() == [str(out / "train.h5"), str(out / "test.h5")]
+    info = run("info", out / "train.h5").stdout
+    assert "u_t = 0.01*(u_xx + u_yy) + u - u^2" in info and "etdrk4" in info and "4 trajectories" in info
+    assert "verdict:    warnings" in info and "negative" in info
+    v = run("validate", out / "test.h5")
+    assert v.stdout.strip().endswith("warnings")
+    run("generate", "--from", out / "train.h5", "--out", tmp_path / "again")
+    assert digest(tmp_path / "again" / "train.h5") == digest(out / "train.h5")
+    ds = open_dataset(out / "train.h5")
+    assert ds["u"].dims == ("trajectory", "time", "x", "y") and ds.sizes["time"] == 6
+
+
+def test_options_reach_the_file(tmp_path):
+    run("generate", "heat", "--out", tmp_path, "--splits", "train=2", "--param", "a=0.02", "--boundary", "neumann",
+        "--integrator", "euler", "--substeps", "3", "--ic", "fourier", "--ic-param", "n_modes=2", *SMALL)
+    ds = open_dataset(tmp_path / "train.h5")
+    prov = __import__("json").loads(ds.attrs["provenance"])["config"]
+    assert prov["params"] == {"a": 0.02} and prov["grid"]["boundary"] == "neumann"
+    assert (prov["integrator"], prov["substeps"], prov["initial"]["n_modes"]) == ("euler", 3, 2)
+    np.testing.assert_allclose(ds.x.values, (np.arange(32) + 0.5) / 32)
+
+
+def test_killed_run_leaves_no_file_and_resumes_to_identical_bytes(tmp_path):
+    args = ["generate", "fisher", "--splits", "train=40", "--batch-size", "1", "--grid", "128,128", "--quiet"]
+    run(*args, "--out", tmp_path / "whole")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([EXE, *args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = out / ".train.h5.partial"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(work.glob("batch_*.npy"))) < 3:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= len(list(work.glob("batch_*.npy"))) < 40, "the run finished before it could be killed"
+    assert not (out / "train.h5").exists()
+    p = run(*args, "--out", out, check=False)
+    assert_one_line_error(p, "--resume")
+    run(*args, "--out", out, "--resume")
+    assert digest(out / "train.h5") == digest(tmp_path / "whole" / "train.h5")
+    assert not work.exists()
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["generate", "fishr", "--out", "{t}"], "unknown PDE 'fishr'"),
+        (["generate", "fisher", "--out", "{t}", "--param", "b=2"], "no parameter 'b'"),
+        (["generate", "fisher", "--out", "{t}", "--param", "a"], "name=value"),
+        (["generate", "fisher", "--out", "{t}", "--grid", "0,100"], "positive integers"),
+        (["generate", "fisher", "--out", "{t}", "--splits", "train=-3"], "must be positive"),
+        (["generate", "fisher", "--out", "{t}", "--steps", "0"], "steps=0"),
+        (["generate", "fisher", "--out", "{t}", "--dt", "-1"], "positive"),
+        (["generate", "fisher", "--out", "{t}", "--integrator", "euler", "--dt", "0.003"], "largest stable dt=0.0025"),
+        (["generate", "advection", "--out", "{t}", "--integrator", "euler"], "at any step size"),
+        (["generate", "fisher", "--out", "{t}", "--boundary", "robin"], "unknown boundary"),
+        (["generate", "fisher", "--out", "{t}", "--ic", "zebra"], "unknown initial condition"),
+        (["generate", "fisher", "--out", "{t}", "--workers", "0"], "workers=0"),
+        (["generate", "fisher", "--out", "{t}/file.txt/sub"], "cannot write"),
+        (["generate", "fisher", "--out", "{t}", "--steps", "many"], "invalid int value"),
+        (["generate", "--out", "{t}"], "name a PDE"),
+        (["info", "{t}/missing.h5"], "no such file"),
+        (["info", "{t}/file.txt"], "not a readable HDF5 file"),
+        (["validate", "{t}/foreign.h5"], "not a datagen dataset"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_gets_one_line_and_no_files(tmp_path, args, match):
+    (tmp_path / "file.txt").write_text("not hdf5")
+    import h5py
+
+    with h5py.File(tmp_path / "foreign.h5", "w") as f:
+        f["data"] = np.arange(4)
+    before = sorted(tmp_path.rglob("*"))
+    p = run(*[a.format(t=tmp_path) for a in args], check=False)
+    assert_one_line_error(p, match)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_corrupt_dataset_is_reported(tmp_path):
+    run("generate", "fisher", "--out", tmp_path, "--splits", "train=2", *SMALL)
+    good = (tmp_path / "train.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(good[: len(good) // 2])
+    assert_one_line_error(run("validate", tmp_path / "cut.h5", check=False), "not a readable HDF5 file")
+
+
+def test_not_enough_disk_space_is_refused_before_work(tmp_path):
+    p = run("generate", "fisher", "--out", tmp_path, "--splits", "train=100000000", "--grid", "1000,1000", check=False)
+    assert_one_line_error(p, "not enough disk space")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+
+def test_disk_full_mid_write_leaves_nothing_under_the_final_name(tmp_path):
+    # files stop growing at 300 kB, as on a full disk: each one-trajectory work file (170 kB) fits,
+    # the final file (1.4 MB) does not
+    p = subprocess.run([EXE, "generate", "fisher", "--out", str(tmp_path), "--splits", "train=8", "--batch-size", "1",
+                        "--grid", "32,32", "--steps", "40", "--quiet"],
+                       capture_output=True, text=True, preexec_fn=_limit_file_size)
+    assert_one_line_error(p, "writing")
+    assert "--resume" in p.stderr
+    assert not (tmp_path / "train.h5").exists()
+    assert not (tmp_path / ".train.h5.tmp").exists()
+
+
+def _can_mount_tmpfs():
+    return sys.platform.startswith("linux") and os.geteuid() == 0 and shutil.which("mount")
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root to mount a small tmpfs")
+def test_real_full_disk(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("mount refused")
+    try:
+        (mnt / "filler").write_bytes(b"\0" * 1_200_000)  # leaves room for the preflight estimate to pass
+        p = run("generate", "fisher", "--out", mnt, "--splits", "train=4", "--grid", "32,32", "--steps", "40",
+                "--quiet", check=False)
+        assert_one_line_error(p, "")
+        assert not (mnt / "train.h5").exists()
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_dask_local_cluster_gives_the_same_bytes(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    run("generate", "fisher", "--out", tmp_path / "local", "--splits", "train=6", "--batch-size", "2", *SMALL)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        run("generate", "fisher", "--out", tmp_path / "dask", "--splits", "train=6", "--batch-size", "2",
+            "--scheduler", cluster.scheduler_address, *SMALL)
+    assert digest(tmp_path / "dask" / "train.h5") == digest(tmp_path / "local" / "train.h5")
+    p = run("generate", "fisher", "--out", tmp_path / "none", "--scheduler", "tcp://127.0.0.1:1", *SMALL, check=False)
+    assert_one_line_error(p, "cannot reach the Dask scheduler")

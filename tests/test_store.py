@@ -1,0 +1,165 @@
+import hashlib
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from datagen import DatagenError, GenerationConfig, Grid, generate, open_dataset, read_provenance, validate
+from datagen.store import write_dataset
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+SMALL = dict(grid=Grid((32, 32)).to_dict(), steps=6, n_trajectories=5, batch_size=2)
+
+
+def test_well_schema_and_xarray_view(tmp_path):
+    p = generate(GenerationConfig(**SMALL), tmp_path / "train.h5")
+    with h5py.File(p) as f:
+        assert f.attrs["dataset_name"] == "fisher"
+        assert f.attrs["grid_type"] == "cartesian" and f.attrs["n_spatial_dims"] == 2
+        assert f.attrs["n_trajectories"] == 5
+        assert list(f.attrs["simulation_parameters"]) == ["a", "r"] and f.attrs["a"] == 0.01
+        assert list(f["dimensions"].attrs["spatial_dims"]) == ["x", "y"]
+        assert f["dimensions/time"].shape == (7,) and f["dimensions/x"].shape == (32,)
+        u = f["t0_fields/u"]
+        assert u.shape == (5, 7, 32, 32) and u.dtype == np.float32 and u.chunks == (1, 1, 32, 32)
+        assert list(f["t0_fields"].attrs["field_names"]) == ["u"]
+        assert f["boundary_conditions/x_periodic"].attrs["bc_type"] == "periodic"
+        assert list(f["scalars"].attrs["field_names"]) == ["a", "r"]
+        assert set(f) == {"dimensions", "boundary_conditions", "scalars", "t0_fields", "t1_fields", "t2_fields"}
+    ds = open_dataset(p)
+    assert ds["u"].dims == ("trajectory", "time", "x", "y")
+    assert ds.sizes == {"trajectory": 5, "time": 7, "x": 32, "y": 32}
+    np.testing.assert_allclose(ds.time.values, 0.24 * (1 / 32) ** 2 / 0.01 * np.arange(7), rtol=1e-14)
+    np.testing.assert_allclose(ds.x.values, np.arange(32) / 32)
+    assert ds.attrs["pde"] == "u_t = 0.01*(u_xx + u_yy) + u - u^2"
+    lazy = open_dataset(p, lazy=True)
+    np.testing.assert_array_equal(lazy["u"][2, 3].values, ds["u"][2, 3].values)
+
+
+def test_provenance_is_complete(tmp_path):
+    p = generate(GenerationConfig(**SMALL), tmp_path / "train.h5")
+    prov = read_provenance(p)
+    cfg = prov["config"]
+    for key in ("pde", "params", "grid", "dt", "integrator", "substeps", "method", "accuracy", "initial", "seed", "split"):
+        assert key in cfg
+    assert cfg["integrator"] == "etdrk4" and cfg["initial"]["name"] == "sincos"
+    assert set(prov["versions"]) >= {"datagen", "numpy", "scipy", "h5py"}
+    assert prov["pde"]["fields"] == ["u"]
+
+
+def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
+    a = generate(GenerationConfig(**SMALL), tmp_path / "a" / "train.h5")
+    b = generate(GenerationConfig(**SMALL), tmp_path / "b" / "train.h5", workers=2)
+    c = generate(GenerationConfig(**SMALL, seed=1), tmp_path / "c" / "train.h5")
+    assert digest(a) == digest(b)
+    assert digest(a) != digest(c)
+    t = generate(GenerationConfig(**{**SMALL, "split": "test"}), tmp_path / "t" / "test.h5")
+    with h5py.File(a) as fa, h5py.File(t) as ft:
+        assert not np.array_equal(fa["t0_fields/u"][0, 0], ft["t0_fields/u"][0, 0])
+
+
+def test_batch_rng_is_independent_of_batch_size(tmp_path):
+    a = open_dataset(generate(GenerationConfig(**SMALL), tmp_path / "a.h5"))
+    b = open_dataset(generate(GenerationConfig(**{**SMALL, "batch_size": 5}), tmp_path / "b.h5"))
+    np.testing.assert_array_equal(a["u"][:, 0].values, b["u"][:, 0].values)
+
+
+def test_existing_output_and_leftover_work_need_flags(tmp_path):
+    out = tmp_path / "train.h5"
+    generate(GenerationConfig(**SMALL), out)
+    with pytest.raises(DatagenError, match="exists; pass --overwrite"):
+        generate(GenerationConfig(**SMALL), out)
+    before = digest(out)
+    generate(GenerationConfig(**SMALL), out, overwrite=True)
+    assert digest(out) == before
+    (tmp_path / ".x.h5.partial").mkdir()
+    with pytest.raises(DatagenError, match="--resume"):
+        generate(GenerationConfig(**SMALL), tmp_path / "x.h5")
+
+
+def test_validator_physics_checks(tmp_path):
+    # the paper's sin*cos family goes negative: reported, still valid
+    rep = validate(generate(GenerationConfig(**SMALL), tmp_path / "neg.h5"))
+    assert rep.ok and any("negative" in w for w in rep.warnings)
+    # started in [0, 1]: stays there, no warning
+    ic = {"name": "sincos", "amplitude": 0.5, "offset": 0.5}
+    rep = validate(generate(GenerationConfig(**SMALL, initial=ic), tmp_path / "pos.h5"))
+    assert rep.ok and rep.warnings == [], rep.warnings
+    lo, hi = rep.facts["ranges"]["u"]
+    assert 0.0 <= lo and hi <= 1.0
+
+
+def _write(path, frames, name="fisher", prov_name="fisher"):
+    n, T = frames.shape[:2]
+    grid = Grid((8, 8))
+    meta = {"dataset_name": name, "fields": ["u"], "parameters": {"a": 0.01, "r": 1.0}, "n_trajectories": n,
+            "time": np.arange(T) * 0.1, "x": grid.x, "y": grid.y, "boundary": grid.to_dict(),
+            "provenance": {"config": {"grid": grid.to_dict(), "dt": 0.1}, "pde": {"name": prov_name}}}
+    return write_dataset(path, [frames], meta=meta)
+
+
+def test_validator_flags_escapes_nan_and_stationary(tmp_path):
+    frames = np.full((2, 4, 1, 8, 8), 0.5, np.float32)
+    frames[0, 1:] += np.linspace(0, 1, 3)[:, None, None, None]  # leaves [0, 1]
+    rep = validate(_write(tmp_path / "esc.h5", frames))
+    assert any("invariant range" in e for e in rep.errors)
+    assert any("stationary (first: 1)" in w for w in rep.warnings)
+    frames[1, 2, 0, 3, 3] = np.nan
+    rep = validate(_write(tmp_path / "nan.h5", frames))
+    assert any("NaN" in e for e in rep.errors)
+
+
+def test_foreign_and_corrupt_files(tmp_path):
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(DatagenError, match="not a datagen dataset"):
+        read_provenance(foreign)
+    with pytest.raises(DatagenError, match="not a datagen dataset"):
+        validate(foreign)
+    with h5py.File(foreign, "a") as f:  # looks like ours but is incomplete: listed, not raised
+        f.create_group("t0_fields")
+    rep = validate(foreign)
+    assert not rep.ok and "missing root attribute 'dataset_name'" in rep.errors
+    good = generate(GenerationConfig(**SMALL), tmp_path / "good.h5")
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(DatagenError, match="not a readable HDF5 file"):
+        validate(bad)
+    with pytest.raises(DatagenError, match="no such file"):
+        validate(tmp_path / "missing.h5")
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    frames = np.zeros((2, 3, 1, 8, 8), np.float32)
+    with pytest.raises(DatagenError, match="does not fit"):
+        _write(tmp_path / "x.h5", frames[:, :, :, :4])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compression_option_round_trips(tmp_path):
+    a = open_dataset(generate(GenerationConfig(**SMALL), tmp_path / "a.h5"))
+    b = open_dataset(generate(GenerationConfig(**SMALL, compression="gzip"), tmp_path / "b.h5"))
+    np.testing.assert_array_equal(a["u"].values, b["u"].values)
+    with pytest.raises(DatagenError, match="compression"):
+        GenerationConfig(**SMALL, compression="zip").resolve()
+
+
+def test_config_round_trip_and_bad_values():
+    cfg = GenerationConfig(**SMALL).resolve()
+    assert GenerationConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.resolve() == cfg
+    with pytest.raises(DatagenError, match="unknown generation option"):
+        GenerationConfig.from_dict({"nope": 1})
+    for bad, match in [({"steps": 0}, "steps"), ({"n_trajectories": -1}, "n_trajectories"),
+                       ({"dt": -1.0}, "positive"), ({"dt": 1.0, "dt_factor": 0.2}, "not both"),
+                       ({"integrator": "leapfrog"}, "unknown integrator"),
+                       ({"initial": {"name": "sincos", "kk": 1}}, "no parameter 'kk'"),
+                       ({"grid": {"shape": [100, 2]}}, "grid shape")]:
+        with pytest.raises(DatagenError, match=match):
+            GenerationConfig(**{**SMALL, **bad}).resolve()

@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ic-param", action="append", help="sampler parameter, e.g. k_max=6 (repeatable)")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--compression", default="none", help="none | gzip | lzf")
+    g.add_argument("--backend", default="numpy", help="numpy | numba (compiled finite differences)")
     g.add_argument("--workers", type=int, default=1, help="local worker processes")
     g.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://127.0.0.1:8786")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -146,7 +147,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     cfg = GenerationConfig(pde=a.pde, params=_pairs(a.param, "--param"), grid=grid, steps=a.steps, dt=a.dt,
                            dt_factor=a.dt_factor, integrator=a.integrator, substeps=a.substeps, method=a.method,
                            accuracy=a.accuracy, initial=initial, seed=a.seed, batch_size=a.batch_size,
-                           compression=a.compression)
+                           compression=a.compression, backend=a.backend)
     for path in generate_splits(cfg, splits, a.out, **kwargs):
         print(path)
     return 0

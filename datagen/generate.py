@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import zlib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -56,6 +57,8 @@ class GenerationConfig:
         seed: root seed; split: split name (part of each trajectory's seed).
         n_trajectories, batch_size: how many trajectories, and how many per solver call.
         compression: HDF5 compression of the fields.
+        backend: ``"numpy"`` or ``"numba"`` (compiled finite differences; recorded, since the
+            two agree only to round-off).
         rtol, atol: tolerances of the scipy integrators.
     """
 
@@ -75,6 +78,7 @@ class GenerationConfig:
     n_trajectories: int = 64
     batch_size: int = 32
     compression: str = "none"
+    backend: str = "numpy"
     rtol: float = 1e-8
     atol: float = 1e-10
 
@@ -126,7 +130,7 @@ class GenerationConfig:
             integrator=integrator, substeps=substeps, method=method, accuracy=accuracy,
             initial=sampler.to_dict(), seed=int(self.seed), split=str(self.split),
             n_trajectories=int(self.n_trajectories), batch_size=int(self.batch_size),
-            compression=self.compression, rtol=float(self.rtol), atol=float(self.atol),
+            compression=self.compression, backend=self.backend, rtol=float(self.rtol), atol=float(self.atol),
         )
         stepper = _build(json.dumps(cfg.to_dict(), sort_keys=True))[2]
         if cfg.substeps == "auto":  # record the count actually used
@@ -160,7 +164,7 @@ def _build(cfg_json: str):
     cfg = json.loads(cfg_json)
     pde = catalogue.make_pde(cfg["pde"], cfg["params"])
     grid = Grid.from_dict(cfg["grid"])
-    sd = SemiDiscrete(pde, grid, accuracy=cfg["accuracy"] or 2, method=cfg["method"])
+    sd = SemiDiscrete(pde, grid, accuracy=cfg["accuracy"] or 2, method=cfg["method"], backend=cfg["backend"])
     stepper = make_integrator(cfg["integrator"], sd, cfg["dt"], cfg["substeps"], rtol=cfg["rtol"], atol=cfg["atol"])
     return pde, grid, stepper, make_sampler(cfg["initial"])
 
@@ -261,13 +265,17 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
 
 
 def _writer_main(conn, out: Path, files: list[Path], meta: dict, compression: str) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # libhdf5's own complaints are noise; the parent prints one line
     try:
         write_dataset(out, (np.load(f, mmap_mode="r") for f in files), meta=meta, compression=compression)
         conn.send(None)
     except BaseException as exc:  # report, whatever it is; the parent decides
-        conn.send(getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
-    finally:
-        conn.close()
+        text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        m = re.search(r"error message = '([^']+)'", text)
+        conn.send(m.group(1) if m else text.splitlines()[0][:200])
+    conn.close()
+    os._exit(0)  # skip interpreter teardown, where a failed HDF5 file can crash
 
 
 def _write_isolated(out: Path, files: list[Path], meta: dict, compression: str) -> None:

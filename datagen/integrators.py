@@ -144,7 +144,7 @@ class Euler(_Explicit):
     name = "euler"
 
     def _substep(self, u: np.ndarray) -> np.ndarray:
-        return u + self.h * self.sd(u)
+        return self.sd.euler_update(u, self.h)
 
 
 class RK4(_Explicit):

@@ -18,9 +18,10 @@ from .grid import Grid
 from .pde import PDE, Derivative, Term
 from .stencils import apply_1d, matrix_1d, stencil_radius, stencil_symbol
 
-__all__ = ["SemiDiscrete", "METHODS"]
+__all__ = ["SemiDiscrete", "METHODS", "BACKENDS"]
 
 METHODS = ("fd", "spectral")
+BACKENDS = ("numpy", "numba")
 
 
 class SemiDiscrete:
@@ -32,11 +33,18 @@ class SemiDiscrete:
         accuracy: order of the central finite differences (2, 4, 6, 8); ignored for ``spectral``.
         method: ``"fd"`` (any boundary) or ``"spectral"`` (Fourier pseudo-spectral, periodic only;
             products are formed in physical space without dealiasing).
+        backend: ``"numpy"`` (default) or ``"numba"`` (compiled loop nest for ``fd``; agrees with
+            numpy to round-off, several times faster; needs numba).
     """
 
-    def __init__(self, pde: PDE, grid: Grid, accuracy: int = 2, method: Literal["fd", "spectral"] = "fd") -> None:
+    def __init__(self, pde: PDE, grid: Grid, accuracy: int = 2, method: Literal["fd", "spectral"] = "fd",
+                 backend: Literal["numpy", "numba"] = "numpy") -> None:
         if method not in METHODS:
             raise DatagenError(f"unknown space discretisation {method!r}; choose one of {METHODS}")
+        if backend not in BACKENDS:
+            raise DatagenError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        if backend == "numba" and method != "fd":
+            raise DatagenError("backend 'numba' supports method='fd' only")
         if method == "spectral" and grid.boundary != "periodic":
             raise DatagenError(
                 f"the spectral method needs a periodic grid, not {grid.boundary!r}; use method='fd'"
@@ -46,7 +54,8 @@ class SemiDiscrete:
                 f"boundary_value has {len(grid.boundary_value)} entries but {pde.name} has "
                 f"{pde.n_fields} fields; give one per field"
             )
-        self.pde, self.grid, self.accuracy, self.method = pde, grid, int(accuracy), method
+        self.pde, self.grid, self.accuracy, self.method, self.backend = pde, grid, int(accuracy), method, backend
+        self._compiled: dict[bool, object] = {}
         self.derivs = pde.derivatives()
         self.radius = max((stencil_radius(max(d.order), self.accuracy) for d in self.derivs if d.total_order), default=0)
         if method == "fd" and self.radius and min(grid.shape) < 2 * self.radius + 1:
@@ -60,7 +69,25 @@ class SemiDiscrete:
     # -- evaluation --------------------------------------------------------------------
     def __call__(self, u: np.ndarray) -> np.ndarray:
         """F(U) for ``U`` of shape ``(..., field, x, y)``."""
+        if self.backend == "numba":
+            self._check(u)
+            return self.compiled(fused=False)(u, 1.0)
         return self.evaluate(u)
+
+    def euler_update(self, u: np.ndarray, h: float) -> np.ndarray:
+        """``U + h F(U)``, in one pass with the numba backend."""
+        if self.backend == "numba":
+            self._check(u)
+            return self.compiled(fused=True)(u, h)
+        return u + h * self.evaluate(u)
+
+    def compiled(self, fused: bool):
+        """The numba kernel (compiled on first use)."""
+        if fused not in self._compiled:
+            from ._numba import compile_rhs
+
+            self._compiled[fused] = compile_rhs(self, fused)
+        return self._compiled[fused]
 
     def evaluate(self, u: np.ndarray, part: Literal["all", "nonlinear"] = "all") -> np.ndarray:
         """F(U), or with ``part="nonlinear"`` only the terms outside :meth:`linear_symbol`."""

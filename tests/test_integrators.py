@@ -216,3 +216,19 @@ def test_etdrk4_refuses_walls_and_state_shape_is_checked():
         SemiDiscrete(catalogue.heat(), Grid((8, 8), boundary="dirichlet"), method="spectral")
     with pytest.raises(DatagenError, match="does not fit"):
         SemiDiscrete(catalogue.heat(), Grid((8, 8)))(np.zeros((1, 2, 8, 8)))
+
+
+@pytest.mark.parametrize("name, boundary", [("fisher", "periodic"), ("burgers", "dirichlet"), ("gray_scott", "neumann")])
+def test_numba_backend_agrees_with_numpy_to_round_off(name, boundary, rng):
+    pytest.importorskip("numba")
+    pde = catalogue.make_pde(name)
+    g = Grid((20, 18), boundary=boundary, boundary_value=0.5)
+    a = SemiDiscrete(pde, g, accuracy=4)
+    b = SemiDiscrete(pde, g, accuracy=4, backend="numba")
+    u = rng.random((3, pde.n_fields, 20, 18))
+    assert np.abs(a(u) - b(u)).max() <= 1e-13 * np.abs(a(u)).max()
+    dt = 0.5 * max_stable_step(a, "euler")
+    ua, ub = Euler(a, dt, 2).rollout(u, 10), Euler(b, dt, 2).rollout(u, 10)
+    assert np.abs(ua - ub).max() <= 1e-12 * np.abs(ua).max()
+    with pytest.raises(DatagenError, match="fd only"):
+        SemiDiscrete(pde, Grid((20, 18)), method="spectral", backend="numba")

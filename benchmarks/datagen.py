@@ -1,0 +1,224 @@
+"""Benchmark of datagen's solvers on the paper's Fisher setting, with py-pde side by side.
+
+For 100^2 and 256^2 periodic grids, 32 trajectories of the sin*cos family, 40 saved steps of
+dt = 0.24 dx^2 / a (stepped without storing frames; the dataset timings below include storage):
+wall time (median), cell-steps per second and relative L2 error at step 40
+against a converged reference (spectral ETDRK4 with 2 substeps per saved step), for each
+integrator and accuracy. py-pde (a benchmark-only dependency) solves the identical forward-Euler
+five-point scheme with a reused compiled stepper. Then a whole 256-trajectory 100^2 dataset is
+written to HDF5 by each tool, each in a fresh process so that compile time counts.
+
+    python benchmarks/datagen.py [--quick]
+
+Prints a table and writes benchmarks/results/datagen.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+# This script shares its name with the package it measures: import the package, not itself.
+_HERE = str(Path(__file__).resolve().parent)
+sys.path = [p for p in sys.path if p not in ("", _HERE)]
+from datagen import ETDRK4, Grid, ScipyIVP, SemiDiscrete, catalogue
+from datagen.generate import trajectory_rng
+from datagen.initial import SinCos
+from datagen.integrators import make_integrator
+
+sys.path.append(_HERE)
+from _common import machine, median_time, table, write_json  # noqa: E402
+
+A, STEPS, BATCH = 0.01, 40, 32
+
+
+def initial(n: int, batch: int) -> np.ndarray:
+    g = Grid((n, n))
+    return np.stack([SinCos(5, 8).sample(g, 1, trajectory_rng(0, "bench", i)) for i in range(batch)])
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+CASES = [
+    # label, integrator, method, accuracy, substeps, backend
+    ("euler fd2 x1 (py-pde's scheme)", "euler", "fd", 2, 1, "numpy"),
+    ("euler fd2 x1 (py-pde's scheme)", "euler", "fd", 2, 1, "numba"),
+    ("euler fd2 x3 (the paper's network)", "euler", "fd", 2, 3, "numpy"),
+    ("euler fd2 x3 (the paper's network)", "euler", "fd", 2, 3, "numba"),
+    ("rk4 fd2", "rk4", "fd", 2, "auto", "numpy"),
+    ("rk4 fd4", "rk4", "fd", 4, "auto", "numpy"),
+    ("rk4 fd4", "rk4", "fd", 4, "auto", "numba"),
+    ("rk4 fd6", "rk4", "fd", 6, "auto", "numpy"),
+    ("etdrk4 fd2", "etdrk4", "fd", 2, 1, "numpy"),
+    ("etdrk4 fd4", "etdrk4", "fd", 4, 1, "numpy"),
+    ("rk4 spectral", "rk4", "spectral", 0, "auto", "numpy"),
+    ("etdrk4 spectral x1 (default reference)", "etdrk4", "spectral", 0, 1, "numpy"),
+    ("bdf fd4 (rtol 1e-8)", "bdf", "fd", 4, 1, "numpy"),
+]
+
+
+def py_pde_stepper(n: int, dt: float):
+    import pde
+
+    grid = pde.CartesianGrid([[0, 1], [0, 1]], [n, n], periodic=True)
+    eq = pde.PDE({"u": "a*laplace(u) + u - u**2"}, consts={"a": A})
+    state = pde.ScalarField(grid, np.zeros((n, n)))
+    t = time.perf_counter()
+    stepper = pde.solvers.EulerSolver(eq, backend="numba", adaptive=False).make_stepper(state, dt=dt)
+    stepper(state, 0.0, dt)  # first call finishes the compile
+    return pde, grid, stepper, time.perf_counter() - t
+
+
+def bench_grid(n: int, quick: bool) -> list[dict]:
+    g = Grid((n, n))
+    dt = 0.24 * g.dx ** 2 / A
+    u0 = initial(n, BATCH)
+    ref = ETDRK4(SemiDiscrete(catalogue.fisher(A), g, method="spectral"), dt, 2).rollout(u0, STEPS)[:, -1]
+    rows = []
+    euler_ref = None
+    for label, integ, method, acc, sub, backend in CASES:
+        if quick and backend == "numba" and "x3" in label:
+            continue
+        batch = 2 if integ == "bdf" else BATCH
+        if integ == "bdf" and n > 100:
+            continue
+        sd = SemiDiscrete(catalogue.fisher(A), g, accuracy=acc or 2, method=method, backend=backend)
+        stepper = (ScipyIVP(sd, dt, "BDF", rtol=1e-8, atol=1e-10) if integ == "bdf"
+                   else make_integrator(integ, sd, dt, sub))
+        x = u0[:batch]
+        out = {}
+
+        def run():
+            if integ == "bdf":
+                out["u"] = stepper.rollout(x, STEPS)[:, -1]
+                return
+            u = x  # step without storing frames, as py-pde's stepper does below
+            for _ in range(STEPS):
+                u = stepper.step(u)
+            out["u"] = u
+
+        t = median_time(run, repeats=1 if integ == "bdf" else 3)
+        row = {"grid": n, "case": label, "backend": backend, "substeps": getattr(stepper, "substeps", None),
+               "trajectories": batch, "seconds": t, "cell_steps_per_s": batch * n * n * STEPS / t,
+               "rel_l2_step40": rel(out["u"], ref[:batch])}
+        if label.startswith("euler fd2 x1") and backend == "numpy":
+            euler_ref = out["u"]
+        rows.append(row)
+        print(f"  {n}^2 {label:<42} {backend:<6} {t:8.3f} s  {row['cell_steps_per_s']:.3g} cell-steps/s  "
+              f"err {row['rel_l2_step40']:.2e}", flush=True)
+    try:
+        pde, pgrid, stepper, compile_s = py_pde_stepper(n, dt)
+    except ImportError:
+        print("  py-pde not installed: pip install -e '.[bench]'")
+        return rows
+    res = np.empty_like(u0[:, 0])
+
+    def run_pp():
+        for i in range(BATCH):
+            st = pde.ScalarField(pgrid, u0[i, 0].copy())
+            stepper(st, 0.0, STEPS * dt)
+            res[i] = st.data
+
+    t = median_time(run_pp, repeats=3)
+    rows.append({"grid": n, "case": "py-pde euler (reused stepper)", "backend": "py-pde numba", "substeps": 1,
+                 "trajectories": BATCH, "seconds": t, "cell_steps_per_s": BATCH * n * n * STEPS / t,
+                 "rel_l2_step40": rel(res, ref[:, 0]), "compile_seconds": compile_s,
+                 "max_diff_vs_datagen_euler": float(np.abs(res - euler_ref[:, 0]).max())})
+    print(f"  {n}^2 py-pde euler (reused stepper) {t:8.3f} s, compile {compile_s:.1f} s, "
+          f"|py-pde - datagen| = {rows[-1]['max_diff_vs_datagen_euler']:.1e}", flush=True)
+    return rows
+
+
+DATASET_OURS = """
+import time, sys
+t = time.perf_counter()
+from datagen import GenerationConfig, generate
+cfg = GenerationConfig(n_trajectories={n}, batch_size=32, integrator="{integ}", substeps={sub!r}, method="{method}",
+                       accuracy=2, backend="{backend}", split="bench")
+generate(cfg, sys.argv[1], overwrite=True)
+print(time.perf_counter() - t)
+"""
+
+DATASET_PYPDE = """
+import time, sys
+t = time.perf_counter()
+import numpy as np, h5py, pde
+from datagen import Grid
+from datagen.generate import trajectory_rng
+from datagen.initial import SinCos
+n, steps, N = 100, 40, {n}
+dt = 0.24 * 0.01 ** 2 / 0.01
+grid = pde.CartesianGrid([[0, 1], [0, 1]], [n, n], periodic=True)
+eq = pde.PDE({{"u": "a*laplace(u) + u - u**2"}}, consts={{"a": 0.01}})
+state = pde.ScalarField(grid, np.zeros((n, n)))
+stepper = pde.solvers.EulerSolver(eq, backend="numba", adaptive=False).make_stepper(state, dt=dt)
+g = Grid((n, n))
+with h5py.File(sys.argv[1], "w") as f:
+    d = f.create_dataset("u", (N, steps + 1, n, n), np.float32, chunks=(1, 1, n, n))
+    for i in range(N):
+        st = pde.ScalarField(grid, SinCos(5, 8).sample(g, 1, trajectory_rng(0, "bench", i))[0])
+        traj = np.empty((steps + 1, n, n), np.float32)
+        traj[0] = st.data
+        for k in range(steps):
+            stepper(st, k * dt, (k + 1) * dt)
+            traj[k + 1] = st.data
+        d[i] = traj
+print(time.perf_counter() - t)
+"""
+
+
+def bench_dataset(n_traj: int, tmp: str) -> list[dict]:
+    rows = []
+    runs = [("datagen euler fd2 (numba)", DATASET_OURS.format(n=n_traj, integ="euler", sub=1, method="fd", backend="numba")),
+            ("datagen euler fd2 (numpy)", DATASET_OURS.format(n=n_traj, integ="euler", sub=1, method="fd", backend="numpy")),
+            ("datagen default reference (spectral etdrk4)",
+             DATASET_OURS.format(n=n_traj, integ="reference", sub=1, method="spectral", backend="numpy")),
+            ("py-pde euler (compile + reused stepper)", DATASET_PYPDE.format(n=n_traj))]
+    for label, code in runs:
+        p = subprocess.run([sys.executable, "-c", textwrap.dedent(code), f"{tmp}/{len(rows)}.h5"],
+                           capture_output=True, text=True, cwd=tmp)
+        if p.returncode != 0:
+            print(f"  {label}: failed: {p.stderr.strip().splitlines()[-1]}")
+            continue
+        t = float(p.stdout.strip().splitlines()[-1])
+        rows.append({"case": label, "trajectories": n_traj, "seconds": t})
+        print(f"  dataset of {n_traj} x 41 frames at 100^2, {label:<45} {t:7.2f} s", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="100^2 only, fewer cases, 64-trajectory dataset")
+    args = ap.parse_args()
+    import tempfile
+
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, python {info['python']}, numpy {info['numpy']}")
+    rows = []
+    for n in ([100] if args.quick else [100, 256]):
+        rows += bench_grid(n, args.quick)
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = bench_dataset(64 if args.quick else 256, tmp)
+    cols = [("grid", "grid", "d"), ("case", "integrator / space", "s"), ("backend", "backend", "s"),
+            ("substeps", "substeps", ""), ("seconds", "wall s (median)", ".3f"),
+            ("cell_steps_per_s", "cell-steps/s", ".3g"), ("rel_l2_step40", "rel. L2 err @40", ".2e")]
+    print()
+    print(table(rows, cols))
+    print()
+    print(table(ds, [("case", "whole dataset written to HDF5", "s"), ("trajectories", "trajectories", "d"),
+                     ("seconds", "wall s (incl. compile)", ".2f")]))
+    path = write_json("datagen", {"machine": info, "solvers": rows, "dataset": ds,
+                                  "setting": {"a": A, "steps": STEPS, "batch": BATCH, "dt": "0.24 dx^2 / a"}})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,3 +1,23 @@
-"""pdesurrogate: stencil-aware convolutional ResNet surrogates of PDE time steps (torch)."""
+"""pdesurrogate: stencil-aware convolutional ResNet surrogates of PDE time steps (torch).
+
+Reads the PDE spec and stencils of :mod:`datagen`; never the other way round.
+"""
+
+from .activations import PowerReLU, signed_power
+from .diagnostics import effective_stencil, fd_stencil, stencil_distance
+from .errors import SurrogateError
+from .exact import exact_channels, exact_surrogate
+from .integrators import INTEGRATORS
+from .model import Surrogate, SurrogateConfig, build_surrogate, load, save
+from .published import KEY_MAP, load_published, published_config
+from .stencil_conv import BoundaryPad, StencilConv2d
+from .vector_field import ConvVectorField
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "PowerReLU", "signed_power", "effective_stencil", "fd_stencil", "stencil_distance", "SurrogateError",
+    "exact_channels", "exact_surrogate", "INTEGRATORS", "Surrogate", "SurrogateConfig", "build_surrogate",
+    "load", "save", "KEY_MAP", "load_published", "published_config", "BoundaryPad", "StencilConv2d",
+    "ConvVectorField", "__version__",
+]

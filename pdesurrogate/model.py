@@ -1,0 +1,285 @@
+"""``Surrogate``: a vector-field network composed with an integrator into one time-step map.
+
+``build_surrogate(**config)`` makes one from plain values; ``save`` / ``load`` store the weights
+together with the config and provenance (no pickled code: JSON text and tensors, read back with
+``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .errors import SurrogateError
+from .integrators import INTEGRATORS, projected_euler, sample_norm
+from .vector_field import ConvVectorField
+
+__all__ = ["Surrogate", "SurrogateConfig", "build_surrogate", "save", "load", "STENCIL_INIT_ORDERS"]
+
+CHECKPOINT_FORMAT = "pdesurrogate.checkpoint"
+CHECKPOINT_VERSION = 1
+# derivatives given to hidden channels by init="stencil", in turn
+STENCIL_INIT_ORDERS = ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2))
+
+
+@dataclass(frozen=True)
+class SurrogateConfig:
+    """Everything that defines a surrogate's architecture and time stepping.
+
+    Args:
+        fields: PDE fields (input = output channels).
+        hidden: hidden channels.
+        kernel_size, kernel_size2: widths of K1 and K2 (K2 defaults to K1's).
+        powers: activation power per hidden channel (repeated to fill ``hidden``).
+        bias1, bias2: biases of K1 and K2.
+        integrator: ``euler``, ``heun``, ``rk4`` or ``projected_euler``.
+        substeps: integrator steps per time step ``dt``.
+        dt: the time step one call advances.
+        boundary, boundary_value: padding rule (periodic, dirichlet, neumann) and wall values.
+        init: ``random`` (PyTorch default), ``stencil`` (K1 channels set to finite-difference
+            stencils of ``STENCIL_INIT_ORDERS``, K2 zero, so the surrogate starts as the identity)
+            or ``zeros``.
+        accuracy, spacing: stencil accuracy and grid spacing used by ``init="stencil"``.
+        constraint: ``None``, ``frozen`` or ``moments`` on K1 (``moments`` needs ``init="stencil"``).
+        mass_preserving: zero-sum K2 and no b2, so that sum(F(U)) = 0 on periodic grids.
+        seed: seed of the random initialisation.
+    """
+
+    fields: int = 1
+    hidden: int = 10
+    kernel_size: int = 5
+    kernel_size2: int | None = None
+    powers: tuple[int, ...] = (2,)
+    bias1: bool = True
+    bias2: bool = True
+    integrator: str = "euler"
+    substeps: int = 1
+    dt: float = 1.0
+    boundary: str = "periodic"
+    boundary_value: float | tuple[float, ...] = 0.0
+    init: str = "random"
+    accuracy: int = 2
+    spacing: tuple[float, float] = (1.0, 1.0)
+    constraint: str | None = None
+    mass_preserving: bool = False
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "powers", tuple(int(p) for p in (self.powers if isinstance(self.powers, (list, tuple)) else (self.powers,))))
+        object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        if isinstance(self.boundary_value, list):
+            object.__setattr__(self, "boundary_value", tuple(self.boundary_value))
+        if self.integrator not in INTEGRATORS:
+            raise SurrogateError(f"unknown integrator {self.integrator!r}; choose one of {', '.join(INTEGRATORS)}")
+        for name in ("fields", "hidden", "substeps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise SurrogateError(f"{name}={v!r} must be a positive integer")
+        if not (isinstance(self.dt, (int, float)) and self.dt > 0):
+            raise SurrogateError(f"dt={self.dt!r} must be a positive number")
+        if self.init not in ("random", "stencil", "zeros"):
+            raise SurrogateError(f"unknown init {self.init!r}; choose random, stencil or zeros")
+        if self.constraint not in (None, "frozen", "moments"):
+            raise SurrogateError(f"unknown constraint {self.constraint!r}; choose frozen or moments")
+        if self.constraint == "moments" and self.init != "stencil":
+            raise SurrogateError("constraint='moments' keeps stencil moments: it needs init='stencil'")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        d = asdict(self)
+        d["powers"], d["spacing"] = list(self.powers), list(self.spacing)
+        if isinstance(self.boundary_value, tuple):
+            d["boundary_value"] = list(self.boundary_value)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SurrogateConfig":
+        """Inverse of :meth:`to_dict`, refusing unknown keys."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise SurrogateError(f"unknown surrogate option(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+class Surrogate(nn.Module):
+    """One time step ``dt`` of a vector-field network: ``substeps`` integrator steps of ``dt/substeps``.
+
+    Args:
+        vector_field: module mapping ``(batch, fields, x, y)`` to the same shape.
+        integrator: name in :data:`pdesurrogate.integrators.INTEGRATORS`.
+        substeps: integrator steps per call.
+        dt: time advanced per call.
+        config: the config it was built from (kept for checkpoints).
+    """
+
+    def __init__(self, vector_field: nn.Module, integrator: str = "euler", substeps: int = 1, dt: float = 1.0,
+                 config: SurrogateConfig | None = None) -> None:
+        super().__init__()
+        if integrator not in INTEGRATORS:
+            raise SurrogateError(f"unknown integrator {integrator!r}; choose one of {', '.join(INTEGRATORS)}")
+        if int(substeps) < 1:
+            raise SurrogateError(f"substeps={substeps!r} must be a positive integer")
+        self.vector_field, self.integrator, self.substeps, self.dt = vector_field, integrator, int(substeps), float(dt)
+        self.config = config
+        self.info: dict[str, Any] = {}
+        self.provenance: dict[str, Any] = {}
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """Advance ``u (batch, fields, x, y)`` by ``dt``."""
+        if u.dim() != 4:
+            raise SurrogateError(f"input of shape {tuple(u.shape)} must be (batch, fields, x, y)")
+        h = self.dt / self.substeps
+        step = INTEGRATORS[self.integrator]
+        if self.integrator == "projected_euler":
+            norm = sample_norm(u)
+            for _ in range(self.substeps):
+                u = projected_euler(self.vector_field, u, h, norm)
+            return u
+        for _ in range(self.substeps):
+            u = step(self.vector_field, u, h)
+        return u
+
+    def rollout(self, u0: torch.Tensor, n_steps: int) -> torch.Tensor:
+        """``(batch, n_steps + 1, fields, x, y)``: ``u0`` and ``n_steps`` steps after it."""
+        out = [u0]
+        u = u0
+        for _ in range(n_steps):
+            u = self(u)
+            out.append(u)
+        return torch.stack(out, dim=1)
+
+    def with_integrator(self, integrator: str | None = None, substeps: int | None = None) -> "Surrogate":
+        """The same vector field (shared, not copied) under another integrator or substep count.
+
+        The network is read as a continuous vector field F: changing the integrator or the number
+        of substeps keeps ``dt`` and changes only how F is integrated over it.
+        """
+        cfg = self.config
+        integrator = integrator or self.integrator
+        substeps = substeps or self.substeps
+        if cfg is not None:
+            cfg = SurrogateConfig.from_dict({**cfg.to_dict(), "integrator": integrator, "substeps": substeps})
+        s = Surrogate(self.vector_field, integrator, substeps, self.dt, cfg)
+        s.info = dict(self.info)
+        return s
+
+
+def build_surrogate(config: SurrogateConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> Surrogate:
+    """A :class:`Surrogate` from a config, a plain dict, or keyword arguments."""
+    if isinstance(config, SurrogateConfig):
+        cfg = SurrogateConfig.from_dict({**config.to_dict(), **kwargs})
+    else:
+        cfg = SurrogateConfig.from_dict({**dict(config or {}), **kwargs})
+    gen = torch.random.fork_rng() if cfg.seed is not None else None
+    with gen if gen is not None else _nullcontext():
+        if cfg.seed is not None:
+            torch.manual_seed(cfg.seed)
+        vf = ConvVectorField(cfg.fields, cfg.hidden, cfg.kernel_size, cfg.powers, cfg.boundary, cfg.bias1,
+                             cfg.bias2 and not cfg.mass_preserving, cfg.kernel_size2, cfg.boundary_value)
+    if cfg.init == "zeros":
+        with torch.no_grad():
+            for p in vf.parameters():
+                p.zero_()
+    elif cfg.init == "stencil":
+        _stencil_init(vf, cfg)
+    if cfg.constraint is not None:
+        vf.conv1.constrain(cfg.constraint, spacing=cfg.spacing)
+    if cfg.mass_preserving:
+        if cfg.boundary != "periodic":
+            raise SurrogateError("mass preservation by zero-sum kernels needs a periodic boundary")
+        vf.conv2.constrain("zero_sum")
+    return Surrogate(vf, cfg.integrator, cfg.substeps, cfg.dt, cfg)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+@torch.no_grad()
+def _stencil_init(vf: ConvVectorField, cfg: SurrogateConfig) -> None:
+    conv1 = vf.conv1
+    conv1.weight.zero_()
+    from datagen.stencils import stencil_radius
+
+    orders = [o for o in STENCIL_INIT_ORDERS if max(stencil_radius(max(o), cfg.accuracy) if max(o) else 0, 0) <= cfg.kernel_size // 2]
+    for c in range(cfg.hidden):
+        f = c % cfg.fields
+        order = orders[(c // cfg.fields) % len(orders)]
+        conv1.set_stencil(c, f, order, cfg.accuracy, cfg.spacing)
+        for g in range(cfg.fields):  # record the other (zero) kernels as order (0, 0) times 0
+            if g != f:
+                conv1.orders[(c, g)] = ((0, 0), cfg.accuracy)
+    if conv1.bias is not None:
+        conv1.bias.zero_()
+    vf.conv2.weight.zero_()
+    if vf.conv2.bias is not None:
+        vf.conv2.bias.zero_()
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+def save(model: Surrogate, path: str | os.PathLike, provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write weights, config and provenance to ``path`` (atomically)."""
+    if model.config is None:
+        raise SurrogateError("this surrogate has no config; build it with build_surrogate or exact_surrogate")
+    path = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": json.dumps(model.config.to_dict(), sort_keys=True),
+        "provenance": json.dumps(dict(provenance or {}), sort_keys=True),
+        "info": json.dumps(model.info, sort_keys=True, default=str),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load(path: str | os.PathLike, integrator: str | None = None, substeps: int | None = None,
+         dtype: torch.dtype | None = None) -> Surrogate:
+    """Read a checkpoint written by :func:`save`; optionally switch integrator or substeps."""
+    path = Path(path)
+    if not path.exists():
+        raise SurrogateError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise SurrogateError(f"{path} is not a readable checkpoint (corrupt, or not written by pdesurrogate.save)") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise SurrogateError(f"{path} is not a pdesurrogate checkpoint (a bare state_dict? see load_published)")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise SurrogateError(f"{path} has checkpoint version {payload.get('version')}, this package reads {CHECKPOINT_VERSION}")
+    try:
+        cfg = SurrogateConfig.from_dict(json.loads(payload["config"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise SurrogateError(f"{path}: its config is malformed ({exc})") from None
+    model = build_surrogate(cfg)
+    sd = payload.get("state_dict", {})
+    if dtype is not None:
+        model = model.to(dtype)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise SurrogateError(f"{path}: weights do not match its config ({first})") from None
+    model.info = json.loads(payload.get("info", "{}"))
+    model.provenance = json.loads(payload.get("provenance", "{}"))
+    if integrator or substeps:
+        model = model.with_integrator(integrator, substeps)
+    return model
+

@@ -1,0 +1,216 @@
+"""Convolutions whose kernels are finite-difference stencils, with boundary-aware padding.
+
+:class:`StencilConv2d` is a 2-D cross-correlation (as in torch) whose kernels can be set to
+``datagen``'s stencils (the same numbers) and constrained through
+``torch.nn.utils.parametrize``:
+
+* ``frozen``: the kernel does not train;
+* ``moments``: kernel = stencil + a learned part in the null space of the moment conditions of
+  its derivative up to a chosen accuracy, so it stays a consistent derivative approximation;
+* ``zero_sum``: every kernel sums to zero (on a periodic grid its output then sums to zero).
+
+:class:`BoundaryPad` adds the same ghost cells as :meth:`datagen.Grid.pad`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from datagen.grid import BOUNDARIES
+from datagen.stencils import kernel2d
+
+from .errors import SurrogateError
+
+__all__ = ["BoundaryPad", "StencilConv2d", "MomentConstraint", "ZeroSum", "moment_matrix"]
+
+
+class BoundaryPad(nn.Module):
+    """Ghost cells of ``radius`` on x and y, by the grid's rule (see :class:`datagen.Grid`).
+
+    Args:
+        boundary: ``periodic``, ``dirichlet`` or ``neumann``.
+        radius: ghost cells per side.
+        value: Dirichlet wall value, one number or one per channel.
+    """
+
+    def __init__(self, boundary: str, radius: int, value: float | Sequence[float] = 0.0) -> None:
+        super().__init__()
+        if boundary not in BOUNDARIES:
+            raise SurrogateError(f"unknown boundary {boundary!r}; choose one of {', '.join(BOUNDARIES)}")
+        self.boundary, self.radius = boundary, int(radius)
+        v = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+        self.register_buffer("value", v, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad the last two axes of ``x (batch, channel, x, y)``."""
+        R = self.radius
+        if R == 0:
+            return x
+        if self.boundary == "periodic":
+            if R > min(x.shape[-2:]):
+                raise SurrogateError(f"grid {tuple(x.shape[-2:])} is smaller than the kernel radius {R}")
+            return F.pad(x, (R, R, R, R), mode="circular")
+        if self.boundary == "neumann":
+            return _even(_even(x, R, -2), R, -1)
+        g = self.value.to(x.dtype).to(x.device)
+        g = g.view(1, -1, 1, 1) if g.numel() > 1 else g.view(())
+        return _odd(_odd(x, R, -2, g), R, -1, g)
+
+    def extra_repr(self) -> str:
+        return f"{self.boundary}, radius={self.radius}"
+
+
+def _even(x: torch.Tensor, R: int, dim: int) -> torch.Tensor:
+    n = x.shape[dim]
+    idx = torch.cat([torch.arange(R - 1, -1, -1), torch.arange(n), torch.arange(n - 1, n - 1 - R, -1)])
+    return x.index_select(dim, idx.clamp(0, n - 1).to(x.device))
+
+
+def _odd(x: torch.Tensor, R: int, dim: int, g: torch.Tensor) -> torch.Tensor:
+    shape = list(x.shape)
+    shape[dim] = 1
+    wall = torch.broadcast_to(g, x.shape).narrow(dim, 0, 1) if g.dim() else torch.full(shape, float(g), dtype=x.dtype, device=x.device)
+    ext = torch.cat([wall, x, wall], dim=dim)  # wall nodes at both ends
+    if R == 1:
+        return ext
+    n = ext.shape[dim]
+    left = 2 * wall - ext.narrow(dim, 1, R - 1).flip(dim)
+    right = 2 * wall - ext.narrow(dim, n - R, R - 1).flip(dim)
+    return torch.cat([left, ext, right], dim=dim)
+
+
+def moment_matrix(size: int, max_degree: int, spacing: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """Rows ``sum K[a, b] (a dx)^i (b dy)^j / (i! j!)`` for ``i + j <= max_degree`` (K flattened)."""
+    r = size // 2
+    a = np.arange(-r, r + 1) * spacing[0]
+    b = np.arange(-r, r + 1) * spacing[1]
+    rows = []
+    for i in range(max_degree + 1):
+        for j in range(max_degree + 1 - i):
+            rows.append(np.outer(a ** i / math.factorial(i), b ** j / math.factorial(j)).ravel())
+    return np.array(rows)
+
+
+class MomentConstraint(nn.Module):
+    """``K = base + N theta``: each kernel keeps the moments of its base stencil up to a degree.
+
+    ``N`` (per kernel) spans the null space of the moment conditions of total degree
+    ``<= max_degree``; the original (trained) tensor is ``theta``, shape ``(out, in, r)``.
+    """
+
+    def __init__(self, base: torch.Tensor, max_degree: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> None:
+        super().__init__()
+        out_c, in_c, k, _ = base.shape
+        max_degree = np.broadcast_to(np.asarray(max_degree), (out_c, in_c))
+        spaces = {}
+        for d in np.unique(max_degree):
+            A = moment_matrix(k, int(d), spacing)
+            # scale columns so that the null space is well conditioned whatever the spacing
+            spaces[int(d)] = scipy.linalg.null_space(A / np.abs(A).max(axis=1, keepdims=True))
+        r = max(s.shape[1] for s in spaces.values())
+        if r == 0:
+            raise SurrogateError(f"a {k}x{k} kernel has no freedom left at moment degree {int(max_degree.max())}")
+        N = np.zeros((out_c, in_c, k * k, r))
+        for o in range(out_c):
+            for i in range(in_c):
+                s = spaces[int(max_degree[o, i])]
+                N[o, i, :, : s.shape[1]] = s
+        self.register_buffer("base", base.detach().clone())
+        self.register_buffer("N", torch.as_tensor(N, dtype=base.dtype))
+        self.max_degree = max_degree.copy()
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
+        """Kernel from the free coordinates."""
+        learned = torch.einsum("oikr,oir->oik", self.N.to(theta.dtype), theta)
+        return self.base.to(theta.dtype) + learned.reshape(self.base.shape)
+
+    def right_inverse(self, K: torch.Tensor) -> torch.Tensor:
+        """Free coordinates of the projection of ``K`` onto the constrained set."""
+        diff = (K - self.base.to(K.dtype)).reshape(K.shape[0], K.shape[1], -1)
+        return torch.einsum("oikr,oik->oir", self.N.to(K.dtype), diff)
+
+
+class ZeroSum(nn.Module):
+    """Each kernel minus its mean: kernels sum to zero."""
+
+    def forward(self, W: torch.Tensor) -> torch.Tensor:
+        """Project onto zero-sum kernels."""
+        return W - W.mean(dim=(-2, -1), keepdim=True)
+
+    def right_inverse(self, W: torch.Tensor) -> torch.Tensor:
+        """Store the projected kernel."""
+        return W - W.mean(dim=(-2, -1), keepdim=True)
+
+
+class StencilConv2d(nn.Module):
+    """2-D convolution (cross-correlation) with boundary padding and stencil initialisation.
+
+    Args:
+        in_channels, out_channels: channel counts.
+        kernel_size: odd kernel width.
+        boundary: padding rule; ``periodic`` pads circularly.
+        bias: learnable bias per output channel.
+        boundary_value: Dirichlet wall value(s) of the input channels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 5, boundary: str = "periodic",
+                 bias: bool = True, boundary_value: float | Sequence[float] = 0.0) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise SurrogateError(f"kernel_size={kernel_size} must be odd (a centred stencil)")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.pad = BoundaryPad(boundary, kernel_size // 2, boundary_value)
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.orders: dict[tuple[int, int], tuple[tuple[int, int], int]] = {}
+        self.constraint: str | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad by the boundary rule and correlate."""
+        return F.conv2d(self.pad(x), self.weight, self.bias)
+
+    @torch.no_grad()
+    def set_stencil(self, out_channel: int, in_channel: int, order: tuple[int, int], accuracy: int = 2,
+                    spacing: tuple[float, float] = (1.0, 1.0), scale: float = 1.0) -> None:
+        """Set one kernel to ``scale`` times ``datagen``'s stencil of ``d^i/dx^i d^j/dy^j``."""
+        if parametrize.is_parametrized(self, "weight"):
+            raise SurrogateError("set stencils before adding a constraint")
+        k = kernel2d(tuple(order), accuracy, spacing, self.kernel_size if self.kernel_size >= 3 else None)
+        if k.shape[0] > self.kernel_size:
+            raise SurrogateError(f"the stencil of order {order} at accuracy {accuracy} needs a {k.shape[0]}x{k.shape[0]} kernel")
+        self.weight[out_channel, in_channel] = torch.as_tensor(scale * k, dtype=self.weight.dtype)
+        self.orders[(out_channel, in_channel)] = (tuple(order), accuracy)
+
+    def constrain(self, kind: str, accuracy: int | None = None, spacing: tuple[float, float] = (1.0, 1.0)) -> "StencilConv2d":
+        """Add a constraint: ``frozen``, ``moments`` (needs every kernel set by :meth:`set_stencil`;
+        keeps moments up to degree ``|order| + accuracy - 1``) or ``zero_sum``."""
+        if kind == "frozen":
+            self.weight.requires_grad_(False)
+        elif kind == "zero_sum":
+            parametrize.register_parametrization(self, "weight", ZeroSum())
+        elif kind == "moments":
+            deg = np.zeros((self.out_channels, self.in_channels), int)
+            for o in range(self.out_channels):
+                for i in range(self.in_channels):
+                    if (o, i) not in self.orders:
+                        raise SurrogateError(f"kernel ({o}, {i}) has no stencil; call set_stencil before 'moments'")
+                    order, acc = self.orders[(o, i)]
+                    deg[o, i] = sum(order) + (accuracy if accuracy is not None else acc) - 1
+            parametrize.register_parametrization(self, "weight", MomentConstraint(self.weight.detach(), deg, spacing))
+        else:
+            raise SurrogateError(f"unknown constraint {kind!r}; choose frozen, moments or zero_sum")
+        self.constraint = kind
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"bias={self.bias is not None}, constraint={self.constraint}")

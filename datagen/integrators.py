@@ -179,7 +179,8 @@ class ETDRK4(_Stepper):
         L = sd.linear_symbol()
         # Symbols repeat a lot (isotropy); contour sums only over the distinct values.
         vals, inverse = np.unique(L.ravel(), return_inverse=True)
-        r = np.exp(1j * np.pi * (np.arange(1, contour_points + 1) - 0.5) / contour_points)
+        # the whole circle: the half-circle shortcut is valid for real symbols only
+        r = np.exp(2j * np.pi * (np.arange(1, contour_points + 1) - 0.5) / contour_points)
         LR = h * vals[:, None] + r
         eLR = np.exp(LR)
         coeffs = {
@@ -189,7 +190,7 @@ class ETDRK4(_Stepper):
             "f2": h * np.mean((2 + LR + eLR * (-2 + LR)) / LR ** 3, axis=-1),
             "f3": h * np.mean((-4 - 3 * LR - LR ** 2 + eLR * (4 - LR)) / LR ** 3, axis=-1),
         }
-        real = bool(np.all(np.imag(vals) == 0))
+        real = bool(np.all(np.abs(np.imag(vals)) <= 1e-12 * np.abs(vals).max()))
         for name, c in coeffs.items():
             c = c[inverse].reshape(L.shape)
             setattr(self, name, np.real(c) if real else c)

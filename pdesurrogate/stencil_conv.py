@@ -104,6 +104,8 @@ class MomentConstraint(nn.Module):
 
     ``N`` (per kernel) spans the null space of the moment conditions of total degree
     ``<= max_degree``; the original (trained) tensor is ``theta``, shape ``(out, in, r)``.
+    ``base`` and ``N`` are kept in float64 outside the module's buffers, so that casting the
+    model (``.float()``, ``.double()``) never rounds them: they follow from the config.
     """
 
     def __init__(self, base: torch.Tensor, max_degree: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> None:
@@ -123,19 +125,19 @@ class MomentConstraint(nn.Module):
             for i in range(in_c):
                 s = spaces[int(max_degree[o, i])]
                 N[o, i, :, : s.shape[1]] = s
-        self.register_buffer("base", base.detach().clone())
-        self.register_buffer("N", torch.as_tensor(N, dtype=base.dtype))
+        self.base = base.detach().to(torch.float64).clone()
+        self.N = torch.as_tensor(N, dtype=torch.float64)
         self.max_degree = max_degree.copy()
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         """Kernel from the free coordinates."""
-        learned = torch.einsum("oikr,oir->oik", self.N.to(theta.dtype), theta)
-        return self.base.to(theta.dtype) + learned.reshape(self.base.shape)
+        N, base = self.N.to(theta.device, theta.dtype), self.base.to(theta.device, theta.dtype)
+        return base + torch.einsum("oikr,oir->oik", N, theta).reshape(base.shape)
 
     def right_inverse(self, K: torch.Tensor) -> torch.Tensor:
         """Free coordinates of the projection of ``K`` onto the constrained set."""
-        diff = (K - self.base.to(K.dtype)).reshape(K.shape[0], K.shape[1], -1)
-        return torch.einsum("oikr,oik->oir", self.N.to(K.dtype), diff)
+        N, base = self.N.to(K.device, K.dtype), self.base.to(K.device, K.dtype)
+        return torch.einsum("oikr,oik->oir", N, (K - base).reshape(K.shape[0], K.shape[1], -1))
 
 
 class ZeroSum(nn.Module):
@@ -172,6 +174,7 @@ class StencilConv2d(nn.Module):
         self.pad = BoundaryPad(boundary, kernel_size // 2, boundary_value)
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.orders: dict[tuple[int, int], tuple[tuple[int, int], int]] = {}
+        self.exact_kernels: dict[tuple[int, int], np.ndarray] = {}  # float64 stencils for constraints
         self.constraint: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,6 +192,7 @@ class StencilConv2d(nn.Module):
             raise SurrogateError(f"the stencil of order {order} at accuracy {accuracy} needs a {k.shape[0]}x{k.shape[0]} kernel")
         self.weight[out_channel, in_channel] = torch.as_tensor(scale * k, dtype=self.weight.dtype)
         self.orders[(out_channel, in_channel)] = (tuple(order), accuracy)
+        self.exact_kernels[(out_channel, in_channel)] = scale * k
 
     def constrain(self, kind: str, accuracy: int | None = None, spacing: tuple[float, float] = (1.0, 1.0)) -> "StencilConv2d":
         """Add a constraint: ``frozen``, ``moments`` (needs every kernel set by :meth:`set_stencil`;
@@ -205,7 +209,10 @@ class StencilConv2d(nn.Module):
                         raise SurrogateError(f"kernel ({o}, {i}) has no stencil; call set_stencil before 'moments'")
                     order, acc = self.orders[(o, i)]
                     deg[o, i] = sum(order) + (accuracy if accuracy is not None else acc) - 1
-            parametrize.register_parametrization(self, "weight", MomentConstraint(self.weight.detach(), deg, spacing))
+            base = self.weight.detach().to(torch.float64).clone()
+            for (o, i), k in self.exact_kernels.items():
+                base[o, i] = torch.as_tensor(k)
+            parametrize.register_parametrization(self, "weight", MomentConstraint(base, deg, spacing))
         else:
             raise SurrogateError(f"unknown constraint {kind!r}; choose frozen, moments or zero_sum")
         self.constraint = kind

@@ -232,3 +232,19 @@ def test_numba_backend_agrees_with_numpy_to_round_off(name, boundary, rng):
     assert np.abs(ua - ub).max() <= 1e-12 * np.abs(ua).max()
     with pytest.raises(DatagenError, match="numba.*supports"):
         SemiDiscrete(pde, Grid((20, 18)), method="spectral", backend="numba")
+
+
+@pytest.mark.parametrize("name, method, acc", [("fisher", "fd", 4), ("fisher", "fd", 6), ("advection", "fd", 2),
+                                               ("burgers", "spectral", 0), ("gray_scott", "fd", 2)])
+def test_etdrk4_converges_to_the_same_semi_discrete_flow_as_rk4(name, method, acc):
+    # real, complex (advection) and coupled (Gray-Scott) symbols: ETDRK4 is fourth order in time
+    g = Grid((32, 32))
+    pde = catalogue.make_pde(name)
+    sd = SemiDiscrete(pde, g, accuracy=acc or 2, method=method)
+    entry = catalogue.get(name)
+    dt = entry.dt(g)
+    u0 = __import__("datagen").make_sampler(entry.initial).sample(g, pde.n_fields, np.random.default_rng(1))[None]
+    ref = RK4(sd, dt, 8 * RK4.auto_substeps(sd, dt)).rollout(u0, 5)[:, -1]
+    errs = [rel_l2(ETDRK4(sd, dt, s).rollout(u0, 5)[:, -1], ref) for s in (4, 8)]
+    # fourth order, unless already exact in time (a linear problem) to the reference's accuracy
+    assert errs[1] < 1e-6 and (errs[0] / errs[1] > 8 or errs[0] < 1e-7), errs

@@ -27,10 +27,15 @@ def machine() -> dict:
             "platform": platform.platform()}
 
 
-def median_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+def median_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, budget: float = 20.0) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs; slow cases get
+    fewer repeats so that the timed runs take about ``budget`` seconds (at least one)."""
+    t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
+    if warmup:
+        per = (time.perf_counter() - t0) / warmup
+        repeats = max(1, min(repeats, int(budget / max(per, 1e-9))))
     times = []
     for _ in range(repeats):
         t = time.perf_counter()

@@ -132,7 +132,17 @@ class Grid:
         """
         rx, ry = (radius, radius) if isinstance(radius, int) else radius
         if self.boundary == "periodic":
-            return np.pad(u, [(0, 0)] * (u.ndim - 2) + [(rx, rx), (ry, ry)], mode="wrap")
+            if rx > u.shape[-2] or ry > u.shape[-1]:
+                return np.pad(u, [(0, 0)] * (u.ndim - 2) + [(rx, rx), (ry, ry)], mode="wrap")
+            # block copies into one buffer: several times faster than np.pad(mode="wrap")
+            nx, ny = u.shape[-2:]
+            P = np.empty(u.shape[:-2] + (nx + 2 * rx, ny + 2 * ry), dtype=u.dtype)
+            P[..., rx:rx + nx, ry:ry + ny] = u
+            P[..., :rx, ry:ry + ny] = u[..., nx - rx:, :]
+            P[..., rx + nx:, ry:ry + ny] = u[..., :rx, :]
+            P[..., :, :ry] = P[..., :, ny:ny + ry]
+            P[..., :, ry + ny:] = P[..., :, ry:2 * ry]
+            return P
         if self.boundary == "neumann":
             return np.pad(u, [(0, 0)] * (u.ndim - 2) + [(rx, rx), (ry, ry)], mode="symmetric")
         nf = u.shape[-3] if u.ndim >= 3 else 1

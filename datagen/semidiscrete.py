@@ -98,19 +98,43 @@ class SemiDiscrete:
         else:
             needed = None
         D = self.derivative_arrays(u, needed)
-        out = np.zeros_like(u)
+        out = np.empty_like(u)
         for c, terms in enumerate(self.pde.rhs):
             acc = out[..., c, :, :]
+            # terms sharing a coefficient (a Laplacian) are summed first and scaled once
+            groups: dict[float, list[Term]] = {}
             for t, lin in zip(terms, self._lin_mask[c]):
-                if part == "nonlinear" and lin:
+                if not (part == "nonlinear" and lin):
+                    groups.setdefault(t.coeff, []).append(t)
+            first, const = True, 0.0
+            for coeff, ts in groups.items():
+                total = None
+                for t in ts:
+                    if not t.factors:
+                        const += t.coeff
+                        continue
+                    prod = D[t.factors[0]]
+                    for d in t.factors[1:]:
+                        prod = prod * D[d]
+                    if total is None:
+                        total = prod.copy() if len(ts) > 1 and len(t.factors) == 1 else prod
+                    else:
+                        total += prod
+                if total is None:
                     continue
-                if not t.factors:
-                    acc += t.coeff
-                    continue
-                prod = D[t.factors[0]]
-                for d in t.factors[1:]:
-                    prod = prod * D[d]
-                acc += t.coeff * prod
+                if first:
+                    np.multiply(total, coeff, out=acc)
+                    first = False
+                elif coeff == 1.0:
+                    acc += total
+                elif coeff == -1.0:
+                    acc -= total
+                else:
+                    acc += coeff * total
+            if first:
+                acc[...] = const
+            elif const:
+                acc += const
         return out
 
     def derivative_arrays(self, u: np.ndarray, needed: set[Derivative] | None = None) -> dict[Derivative, np.ndarray]:
@@ -141,14 +165,14 @@ class SemiDiscrete:
                 continue
             i, j = d.order
             p = padded[..., c, :, :]
+            if not j:  # drop the ghost columns before the x pass when no y pass needs them
+                p = p[..., R:R + ny]
+            if not i:
+                p = p[..., R:R + nx, :]
             if i:
                 p = apply_1d(p, i, self.accuracy, axis=-2, pad=R, n=nx, h=dx)
-            else:
-                p = p[..., R:R + nx, :]
             if j:
                 p = apply_1d(p, j, self.accuracy, axis=-1, pad=R, n=ny, h=dy)
-            else:
-                p = p[..., R:R + ny]
             out[d] = p
         return out
 

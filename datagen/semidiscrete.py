@@ -49,7 +49,8 @@ class SemiDiscrete:
             raise DatagenError(
                 f"the spectral method needs a periodic grid, not {grid.boundary!r}; use method='fd'"
             )
-        if grid.boundary == "dirichlet" and isinstance(grid.boundary_value, tuple) and len(grid.boundary_value) != pde.n_fields:
+        bv = grid.boundary_value
+        if grid.boundary == "dirichlet" and isinstance(bv, tuple) and len(bv) != pde.n_fields:
             raise DatagenError(
                 f"boundary_value has {len(grid.boundary_value)} entries but {pde.name} has "
                 f"{pde.n_fields} fields; give one per field"

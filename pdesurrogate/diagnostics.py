@@ -59,7 +59,8 @@ def effective_stencil(vector_field: nn.Module, fields: int | None = None, state:
     return S
 
 
-def fd_stencil(order: tuple[int, int], size: int, accuracy: int = 2, spacing: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+def fd_stencil(order: tuple[int, int], size: int, accuracy: int = 2,
+               spacing: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
     """``datagen``'s stencil of ``order`` zero-padded to ``size x size``."""
     return kernel2d(tuple(order), accuracy, spacing, size)
 

@@ -71,7 +71,8 @@ class SurrogateConfig:
     seed: int | None = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "powers", tuple(int(p) for p in (self.powers if isinstance(self.powers, (list, tuple)) else (self.powers,))))
+        powers = self.powers if isinstance(self.powers, (list, tuple)) else (self.powers,)
+        object.__setattr__(self, "powers", tuple(int(p) for p in powers))
         object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
         if isinstance(self.boundary_value, list):
             object.__setattr__(self, "boundary_value", tuple(self.boundary_value))
@@ -211,7 +212,7 @@ def _stencil_init(vf: ConvVectorField, cfg: SurrogateConfig) -> None:
     conv1.weight.zero_()
     from datagen.stencils import stencil_radius
 
-    orders = [o for o in STENCIL_INIT_ORDERS if max(stencil_radius(max(o), cfg.accuracy) if max(o) else 0, 0) <= cfg.kernel_size // 2]
+    orders = [o for o in STENCIL_INIT_ORDERS if (stencil_radius(max(o), cfg.accuracy) if max(o) else 0) <= cfg.kernel_size // 2]
     for c in range(cfg.hidden):
         f = c % cfg.fields
         order = orders[(c // cfg.fields) % len(orders)]
@@ -250,20 +251,27 @@ def save(model: Surrogate, path: str | os.PathLike, provenance: Mapping[str, Any
     return path
 
 
+def read_tensors(path: Path, what: str) -> Any:
+    """``torch.load`` restricted to tensors and plain data, with one-line errors."""
+    if not path.exists():
+        raise SurrogateError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise SurrogateError(f"{path} is not a readable {what}") from None
+
+
 def load(path: str | os.PathLike, integrator: str | None = None, substeps: int | None = None,
          dtype: torch.dtype | None = None) -> Surrogate:
     """Read a checkpoint written by :func:`save`; optionally switch integrator or substeps."""
     path = Path(path)
-    if not path.exists():
-        raise SurrogateError(f"{path}: no such checkpoint")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise SurrogateError(f"{path} is not a readable checkpoint (corrupt, or not written by pdesurrogate.save)") from None
+    payload = read_tensors(path, "checkpoint (corrupt, or not written by pdesurrogate.save)")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise SurrogateError(f"{path} is not a pdesurrogate checkpoint (a bare state_dict? see load_published)")
     if payload.get("version") != CHECKPOINT_VERSION:
-        raise SurrogateError(f"{path} has checkpoint version {payload.get('version')}, this package reads {CHECKPOINT_VERSION}")
+        raise SurrogateError(
+            f"{path} has checkpoint version {payload.get('version')}, this package reads {CHECKPOINT_VERSION}"
+        )
     try:
         cfg = SurrogateConfig.from_dict(json.loads(payload["config"]))
     except (KeyError, ValueError, TypeError) as exc:

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import torch
 
 from .errors import SurrogateError
-from .model import Surrogate, build_surrogate
+from .model import Surrogate, build_surrogate, read_tensors
 
 __all__ = ["KEY_MAP", "published_config", "load_published"]
 
@@ -59,12 +59,7 @@ def load_published(path: str | os.PathLike, state_dict: Mapping[str, torch.Tenso
     path = Path(path)
     cfg = published_config(path.name)
     if state_dict is None:
-        if not path.exists():
-            raise SurrogateError(f"{path}: no such file")
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            raise SurrogateError(f"{path} is not a readable PyTorch state_dict") from None
+        state_dict = read_tensors(path, "PyTorch state_dict")
     unknown = set(state_dict) - set(KEY_MAP)
     if unknown:
         raise SurrogateError(f"{path.name}: unexpected keys {sorted(unknown)}; expected {sorted(KEY_MAP)}")
@@ -73,6 +68,7 @@ def load_published(path: str | os.PathLike, state_dict: Mapping[str, torch.Tenso
     try:
         model.load_state_dict(mapped)
     except RuntimeError as exc:
-        raise SurrogateError(f"{path.name}: weights do not fit the published architecture ({str(exc).splitlines()[0]})") from None
+        first = str(exc).splitlines()[0]
+        raise SurrogateError(f"{path.name}: weights do not fit the published architecture ({first})") from None
     model.info = {"published": path.name}
     return model

@@ -77,7 +77,10 @@ def _even(x: torch.Tensor, R: int, dim: int) -> torch.Tensor:
 def _odd(x: torch.Tensor, R: int, dim: int, g: torch.Tensor) -> torch.Tensor:
     shape = list(x.shape)
     shape[dim] = 1
-    wall = torch.broadcast_to(g, x.shape).narrow(dim, 0, 1) if g.dim() else torch.full(shape, float(g), dtype=x.dtype, device=x.device)
+    if g.dim():
+        wall = torch.broadcast_to(g, x.shape).narrow(dim, 0, 1)
+    else:
+        wall = torch.full(shape, float(g), dtype=x.dtype, device=x.device)
     ext = torch.cat([wall, x, wall], dim=dim)  # wall nodes at both ends
     if R == 1:
         return ext
@@ -189,12 +192,15 @@ class StencilConv2d(nn.Module):
             raise SurrogateError("set stencils before adding a constraint")
         k = kernel2d(tuple(order), accuracy, spacing, self.kernel_size if self.kernel_size >= 3 else None)
         if k.shape[0] > self.kernel_size:
-            raise SurrogateError(f"the stencil of order {order} at accuracy {accuracy} needs a {k.shape[0]}x{k.shape[0]} kernel")
+            raise SurrogateError(
+                f"the stencil of order {order} at accuracy {accuracy} needs a {k.shape[0]}x{k.shape[0]} kernel"
+            )
         self.weight[out_channel, in_channel] = torch.as_tensor(scale * k, dtype=self.weight.dtype)
         self.orders[(out_channel, in_channel)] = (tuple(order), accuracy)
         self.exact_kernels[(out_channel, in_channel)] = scale * k
 
-    def constrain(self, kind: str, accuracy: int | None = None, spacing: tuple[float, float] = (1.0, 1.0)) -> "StencilConv2d":
+    def constrain(self, kind: str, accuracy: int | None = None,
+                  spacing: tuple[float, float] = (1.0, 1.0)) -> "StencilConv2d":
         """Add a constraint: ``frozen``, ``moments`` (needs every kernel set by :meth:`set_stencil`;
         keeps moments up to degree ``|order| + accuracy - 1``) or ``zero_sum``."""
         if kind == "frozen":

@@ -253,7 +253,7 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
     torch.save(payload, tmp_path / "mismatch.pt")
     with pytest.raises(ps.SurrogateError, match="weights do not match its config"):
         ps.load(tmp_path / "mismatch.pt")
-    with pytest.raises(ps.SurrogateError, match="no such checkpoint"):
+    with pytest.raises(ps.SurrogateError, match="no such file"):
         ps.load(tmp_path / "missing.pt")
 
 

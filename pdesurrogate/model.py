@@ -212,7 +212,10 @@ def _stencil_init(vf: ConvVectorField, cfg: SurrogateConfig) -> None:
     conv1.weight.zero_()
     from datagen.stencils import stencil_radius
 
-    orders = [o for o in STENCIL_INIT_ORDERS if (stencil_radius(max(o), cfg.accuracy) if max(o) else 0) <= cfg.kernel_size // 2]
+    def fits(o: tuple[int, int]) -> bool:
+        return (stencil_radius(max(o), cfg.accuracy) if max(o) else 0) <= cfg.kernel_size // 2
+
+    orders = [o for o in STENCIL_INIT_ORDERS if fits(o)]
     for c in range(cfg.hidden):
         f = c % cfg.fields
         order = orders[(c // cfg.fields) % len(orders)]

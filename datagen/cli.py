@@ -1,4 +1,4 @@
-"""``datagen`` command line: ``list | generate | info | validate``.
+"""``datagen`` command line: ``list | generate | info | validate | plot``.
 
 Every failure caused by the input prints one line ``datagen: error: ...`` and exits with 2.
 """
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file")
     v = sub.add_parser("validate", help="check schema and physical sanity; exit 1 if invalid")
     v.add_argument("file")
+    pl = sub.add_parser("plot", help="picture of one trajectory (needs matplotlib)")
+    pl.add_argument("file")
+    pl.add_argument("--out", required=True, help="image file, e.g. plots/fisher.png")
+    pl.add_argument("--trajectory", type=int, default=0)
+    pl.add_argument("--times", help="saved-step indices, e.g. 0,20,40 (default: first, middle, last)")
     return p
 
 
@@ -209,6 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_generate(a)
         if a.cmd == "info":
             return cmd_info(a.file)
+        if a.cmd == "plot":
+            from .plotting import plot_frames
+
+            times = [int(t) for t in _floats(a.times, "--times")] if a.times else None
+            print(plot_frames(a.file, a.out, a.trajectory, times))
+            return 0
         return cmd_validate(a.file)
     except DatagenError as exc:
         print(f"datagen: error: {exc}", file=sys.stderr)

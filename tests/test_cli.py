@@ -185,3 +185,24 @@ def test_dask_local_cluster_gives_the_same_bytes(tmp_path):
     assert digest(tmp_path / "dask" / "train.h5") == digest(tmp_path / "local" / "train.h5")
     p = run("generate", "fisher", "--out", tmp_path / "none", "--scheduler", "tcp://127.0.0.1:1", *SMALL, check=False)
     assert_one_line_error(p, "cannot reach the Dask scheduler")
+
+
+def test_plot_writes_an_image_with_x_right_and_y_up(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from datagen.plotting import draw_field
+
+    X, Y = np.meshgrid(np.arange(5.0), np.arange(3.0) * 10, indexing="ij")  # U[i, j] = x_i + y_j
+    fig, ax = plt.subplots()
+    img = draw_field(ax, X + Y, [0, 4, 0, 20]).get_array()
+    plt.close(fig)
+    assert img.shape == (3, 5)  # rows are y, columns are x
+    assert img[0, 4] == 4.0 and img[2, 0] == 20.0  # bottom-right is (x=4, y=0); top-left (x=0, y=20)
+    run("generate", "gray_scott", "--out", tmp_path, "--splits", "train=1", *SMALL)
+    out = run("plot", tmp_path / "train.h5", "--out", tmp_path / "p" / "gs.png", "--times", "0,5").stdout.strip()
+    assert out == str(tmp_path / "p" / "gs.png") and (tmp_path / "p" / "gs.png").stat().st_size > 10_000
+    assert_one_line_error(run("plot", tmp_path / "train.h5", "--out", tmp_path / "x.png", "--times", "9", check=False),
+                          "out of range")
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,78 @@
+"""Pictures of datasets (needs matplotlib: the ``[plot]`` extra).
+
+Fields are drawn with x to the right and y up, whatever the array order (``U[i, j] = u(x_i, y_j)``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import DatagenError
+from .store import open_dataset
+
+__all__ = ["plot_frames", "draw_field"]
+
+
+def draw_field(ax, frame: np.ndarray, extent: Sequence[float], vmin: float | None = None, vmax: float | None = None):
+    """Draw ``frame[i, j] = u(x_i, y_j)`` on ``ax`` with x to the right and y up."""
+    return ax.imshow(np.asarray(frame).T, origin="lower", extent=list(extent), vmin=vmin, vmax=vmax, cmap="viridis")
+
+
+def plot_frames(path: str | os.PathLike, out: str | os.PathLike, trajectory: int = 0,
+                times: Sequence[int] | None = None) -> Path:
+    """Save a grid of panels (one row per field, one column per saved step) of one trajectory.
+
+    Args:
+        path: a datagen HDF5 file.
+        out: the image file to write (format from its suffix, e.g. ``.png``).
+        trajectory: which trajectory.
+        times: saved-step indices (default: first, middle, last).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise DatagenError("plotting needs matplotlib: pip install 'pdesurrogate[plot]'") from None
+    ds = open_dataset(path, lazy=True)
+    n_traj, n_time = ds.sizes["trajectory"], ds.sizes["time"]
+    if not 0 <= trajectory < n_traj:
+        raise DatagenError(f"trajectory {trajectory} is out of range: the file holds {n_traj} (0..{n_traj - 1})")
+    times = list(times) if times is not None else sorted({0, (n_time - 1) // 2, n_time - 1})
+    bad = [t for t in times if not 0 <= t < n_time]
+    if bad:
+        raise DatagenError(f"time index {bad[0]} is out of range: the file holds {n_time} frames (0..{n_time - 1})")
+    fields = list(ds.data_vars)
+    x, y = ds.x.values, ds.y.values
+    extent = [x[0], x[-1], y[0], y[-1]]
+    fig, axes = plt.subplots(len(fields), len(times), figsize=(3.0 * len(times) + 1.0, 3.0 * len(fields) + 0.4),
+                             squeeze=False, layout="constrained")
+    for r, name in enumerate(fields):
+        frames = np.asarray(ds[name][trajectory, times].values)
+        lo, hi = float(frames.min()), float(frames.max())
+        for c, t in enumerate(times):
+            ax = axes[r, c]
+            im = draw_field(ax, frames[c], extent, lo, hi)
+            ax.set_title(f"{name}, t = {float(ds.time[t]):.4g}")
+            ax.set_xlabel("x")
+            if c == 0:
+                ax.set_ylabel("y")
+        fig.colorbar(im, ax=list(axes[r]), shrink=0.9)
+    fig.suptitle(f"{ds.attrs['pde'].splitlines()[0]}  (trajectory {trajectory})", fontsize=10)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, out)
+    except ValueError as exc:
+        raise DatagenError(f"cannot write {out}: {exc}") from None
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return out

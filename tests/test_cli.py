@@ -206,3 +206,24 @@ def test_plot_writes_an_image_with_x_right_and_y_up(tmp_path):
     assert_one_line_error(run("plot", tmp_path / "train.h5", "--out", tmp_path / "x.png", "--times", "9", check=False),
                           "out of range")
     assert not (tmp_path / "x.png").exists()
+
+
+MEASURE = """
+import resource, sys
+from datagen import GenerationConfig, Grid, generate
+cfg = GenerationConfig(grid=Grid((64, 64)).to_dict(), n_trajectories=int(sys.argv[2]), batch_size=8, steps=40)
+generate(cfg, sys.argv[1])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def test_memory_stays_bounded_as_datasets_grow(tmp_path):
+    # 16 and 256 trajectories: 11 MB and 172 MB of float32 frames; batches of 8 are streamed
+    peaks = []
+    for n in (16, 256):
+        p = subprocess.run([sys.executable, "-c", MEASURE, str(tmp_path / f"{n}.h5"), str(n)],
+                           capture_output=True, text=True, check=True)
+        peaks.append([int(v) * 1024 for v in p.stdout.split()])  # ru_maxrss is in kB on Linux
+    (small_self, small_child), (big_self, big_child) = peaks
+    assert big_self - small_self < 40e6, peaks  # far less than the 160 MB the larger one adds
+    assert big_child - small_child < 40e6, peaks

@@ -15,7 +15,11 @@ import pytest
 
 from datagen import open_dataset
 
-EXE = shutil.which("datagen") or pytest.fail("the datagen console script is not installed (pip install -e .)")
+# the console script of the interpreter running the tests (a venv need not be on PATH)
+_LOCAL = Path(sys.executable).parent / "datagen"
+EXE = str(_LOCAL) if _LOCAL.exists() else shutil.which("datagen")
+if EXE is None:
+    pytest.fail("the datagen console script is not installed (pip install -e .)", pytrace=False)
 SMALL = ["--grid", "32,32", "--steps", "5", "--quiet"]
 
 

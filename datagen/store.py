@@ -286,6 +286,13 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
 
         pde_name = prov.get("pde", {}).get("name")
         bounds = _INVARIANT.get(pde_name)
+        grid = prov.get("config", {}).get("grid", {})
+        walls: list[float] = []
+        if grid.get("boundary") == "dirichlet":  # wall data enter the maximum principle
+            bv = grid.get("boundary_value", 0.0)
+            walls = [float(v) for v in (bv if isinstance(bv, list) else [bv])]
+            if bounds and any(not bounds[0] <= w <= bounds[1] for w in walls):
+                bounds = None
         nonfinite, stationary, escaped, negative = [], [], [], []
         ranges = {name: [np.inf, -np.inf] for name in names}
         for i in range(n):
@@ -301,7 +308,12 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
                 if float(np.abs(traj[-1] - traj[-2]).max()) <= stationary_tol * scale:
                     stationary.append(i)
             u0 = traj[0]
-            lo, hi = bounds if bounds else ((float(u0.min()), float(u0.max())) if pde_name == "heat" else (None, None))
+            if bounds:
+                lo, hi = bounds
+            elif pde_name == "heat":
+                lo, hi = min([float(u0.min()), *walls]), max([float(u0.max()), *walls])
+            else:
+                lo, hi = None, None
             if lo is not None:
                 tol = bound_tol * max(1.0, hi - lo)
                 if u0.min() >= lo - tol and u0.max() <= hi + tol:

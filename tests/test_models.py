@@ -315,3 +315,13 @@ def test_effective_stencil_of_exact_networks_is_the_fd_stencil():
     fis = ps.exact_surrogate(catalogue.fisher(), g, 1e-3)
     S = ps.effective_stencil(fis.vector_field, state=0.5)
     assert ps.stencil_distance(S[0, 0], 0.01 * datagen.stencils.laplacian_kernel(2, g.spacing)) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pointwise_convolution_paths_agree(dtype, rng):
+    conv = ps.StencilConv2d(4, 3, kernel_size=1).to(dtype)
+    with torch.no_grad():
+        conv.bias.normal_()
+        x = torch.from_numpy(rng.standard_normal((2, 4, 9, 7))).to(dtype)
+        ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias)
+        torch.testing.assert_close(conv(x), ref, rtol=1e-6 if dtype == torch.float32 else 1e-14, atol=1e-6)

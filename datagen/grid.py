@@ -15,7 +15,7 @@ Where the nodes sit depends on the boundary, so that ghost cells are exact mirro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -124,11 +124,10 @@ class Grid:
         return bv
 
     # -- ghost cells -------------------------------------------------------------------
-    def pad(self, u: np.ndarray, radius: int | tuple[int, int], fields: Sequence[int] | None = None) -> np.ndarray:
+    def pad(self, u: np.ndarray, radius: int | tuple[int, int]) -> np.ndarray:
         """Extend ``u (..., field, x, y)`` by ``radius`` ghost cells on each side of x and y.
 
-        ``fields`` maps the field axis to field indices (for per-field Dirichlet values);
-        by default field axis position k is field k.
+        Per-field Dirichlet values apply to the field axis in order (position k is field k).
         """
         rx, ry = (radius, radius) if isinstance(radius, int) else radius
         if self.boundary == "periodic":
@@ -146,8 +145,7 @@ class Grid:
         if self.boundary == "neumann":
             return np.pad(u, [(0, 0)] * (u.ndim - 2) + [(rx, rx), (ry, ry)], mode="symmetric")
         nf = u.shape[-3] if u.ndim >= 3 else 1
-        idx = list(range(nf)) if fields is None else list(fields)
-        g = np.array([self.wall_value(k) for k in idx], dtype=u.dtype)
+        g = np.array([self.wall_value(k) for k in range(nf)], dtype=u.dtype)
         g = g.reshape((nf, 1, 1)) if u.ndim >= 3 else g.reshape(())
         return _odd_pad(_odd_pad(u, rx, -2, g), ry, -1, g)
 

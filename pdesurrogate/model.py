@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -177,8 +178,7 @@ def build_surrogate(config: SurrogateConfig | Mapping[str, Any] | None = None, *
         cfg = SurrogateConfig.from_dict({**config.to_dict(), **kwargs})
     else:
         cfg = SurrogateConfig.from_dict({**dict(config or {}), **kwargs})
-    gen = torch.random.fork_rng() if cfg.seed is not None else None
-    with gen if gen is not None else _nullcontext():
+    with torch.random.fork_rng() if cfg.seed is not None else nullcontext():
         if cfg.seed is not None:
             torch.manual_seed(cfg.seed)
         vf = ConvVectorField(cfg.fields, cfg.hidden, cfg.kernel_size, cfg.powers, cfg.boundary, cfg.bias1,
@@ -196,14 +196,6 @@ def build_surrogate(config: SurrogateConfig | Mapping[str, Any] | None = None, *
             raise SurrogateError("mass preservation by zero-sum kernels needs a periodic boundary")
         vf.conv2.constrain("zero_sum")
     return Surrogate(vf, cfg.integrator, cfg.substeps, cfg.dt, cfg)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 @torch.no_grad()

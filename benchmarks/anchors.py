@@ -51,7 +51,8 @@ def main() -> None:
     torch.set_grad_enabled(False)
     grid = datagen.Grid((100, 100))
     rows = []
-    for pde_name, kmax, files in (("fisher", 8, ("FisherNoNoise", "FisherNoise")), ("heat", 7, ("HeatNoNoise", "HeatNoise"))):
+    cases = (("fisher", 8, ("FisherNoNoise", "FisherNoise")), ("heat", 7, ("HeatNoNoise", "HeatNoise")))
+    for pde_name, kmax, files in cases:
         pde = datagen.catalogue.make_pde(pde_name)
         dt = 0.24 * grid.dx ** 2 / 0.01
         sampler = datagen.initial.SinCos(5, kmax)

@@ -14,7 +14,13 @@ def test_weights_match_findiff(order, acc):
     offs, w = central_stencil(order, acc)
     ref = findiff.coefficients(deriv=order, acc=acc)["center"]
     np.testing.assert_array_equal(offs, ref["offsets"])
-    np.testing.assert_allclose(w, np.asarray(ref["coefficients"], float), rtol=1e-13, atol=1e-13)
+    ref_w = np.asarray(ref["coefficients"], float)
+    # findiff solves a floating-point Vandermonde system, so its weights carry round-off of about
+    # cond * eps relative to the largest weight (-1.26e-13 for an exact zero in findiff 0.16); ours
+    # are exact rationals, so compare at the reference's round-off, not at ours.
+    np.testing.assert_allclose(w, ref_w, rtol=0, atol=1e-10 * np.abs(ref_w).max())
+    # exact arithmetic keeps the symmetry that the reference only approximates
+    np.testing.assert_array_equal(w, (-1) ** order * w[::-1])
 
 
 def test_fornberg_known_values_and_one_sided():

@@ -5,10 +5,11 @@ numpy, scipy and h5py only; this package never imports torch.
 
 from . import catalogue
 from .errors import DatagenError
-from .generate import GenerationConfig, generate, generate_splits
+from .generate import GenerationConfig, generate, generate_splits, solve
 from .grid import Grid
 from .initial import make_sampler
 from .integrators import ETDRK4, RK4, Euler, ScipyIVP, make_integrator
+from .modified import modified_equation
 from .pde import PDE, Derivative, Term
 from .semidiscrete import SemiDiscrete
 from .store import open_dataset, read_provenance, validate
@@ -18,5 +19,5 @@ __version__ = "0.1.0"
 __all__ = [
     "catalogue", "DatagenError", "GenerationConfig", "generate", "generate_splits", "Grid", "make_sampler",
     "Euler", "RK4", "ETDRK4", "ScipyIVP", "make_integrator", "PDE", "Derivative", "Term", "SemiDiscrete",
-    "open_dataset", "read_provenance", "validate", "__version__",
+    "open_dataset", "read_provenance", "validate", "solve", "modified_equation", "__version__",
 ]

@@ -34,7 +34,7 @@ from .integrators import RK4, make_integrator, reaction_rate
 from .semidiscrete import SemiDiscrete
 from .store import COMPRESSIONS, write_dataset
 
-__all__ = ["GenerationConfig", "generate", "generate_splits", "solve_batch", "trajectory_rng"]
+__all__ = ["GenerationConfig", "generate", "generate_splits", "solve", "solve_batch", "trajectory_rng"]
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,45 @@ def solve_batch(cfg_json: str, start: int, stop: int) -> np.ndarray:
                    for i in range(start, stop)])
     traj = stepper.rollout(u0, cfg["steps"])
     return traj.astype(np.float32)
+
+
+def solve(config: GenerationConfig | Mapping[str, Any], u0: np.ndarray, steps: int) -> np.ndarray:
+    """Apply a dataset's own solver to given initial states.
+
+    Args:
+        config: a :class:`GenerationConfig`, its dict, or a dataset's whole provenance (as
+            :func:`datagen.read_provenance` returns it): the same PDE, grid, integrator, substeps,
+            space discretisation and backend are used.
+        u0: initial states ``(batch, field, x, y)`` (or one state ``(field, x, y)``).
+        steps: saved steps to take.
+
+    Returns float64 ``(batch, steps + 1, field, x, y)`` with ``u0`` first. Started from a file's
+    own initial frames, it reproduces the file's frames to their stored (float32) precision.
+    """
+    if isinstance(config, Mapping) and "config" in config and "pde" in config:
+        config = config["config"]
+    if isinstance(config, Mapping):
+        try:
+            config = GenerationConfig.from_dict(config)
+        except TypeError as exc:
+            raise DatagenError(f"not a generation config: {exc}") from None
+    if not isinstance(config, GenerationConfig):
+        raise DatagenError(f"solve needs a GenerationConfig or a provenance dict, got {type(config).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise DatagenError(f"steps={steps!r} must be a non-negative integer")
+    cfg = config.resolve()
+    pde, grid, stepper, _ = _build(json.dumps(cfg.to_dict(), sort_keys=True))
+    u = np.asarray(u0, dtype=np.float64)
+    single = u.ndim == 3
+    if single:
+        u = u[None]
+    want = (pde.n_fields, *grid.shape)
+    if u.ndim != 4 or u.shape[1:] != want:
+        raise DatagenError(f"initial states of shape {np.shape(u0)} do not fit (batch, {', '.join(map(str, want))})")
+    if not np.all(np.isfinite(u)):
+        raise DatagenError("initial states hold NaN or inf values")
+    traj = stepper.rollout(u, int(steps))
+    return traj[0] if single else traj
 
 
 def _versions() -> dict[str, str]:

@@ -6,6 +6,7 @@ Reads the PDE spec and stencils of :mod:`datagen`; never the other way round.
 from .activations import PowerReLU, signed_power
 from .diagnostics import effective_stencil, fd_stencil, stencil_distance
 from .errors import SurrogateError
+from .evaluation import default_witness, error_split, evaluate, lipschitz_estimate, summarize, witness_in_class
 from .exact import exact_channels, exact_surrogate
 from .integrators import INTEGRATORS
 from .model import Surrogate, SurrogateConfig, build_surrogate, load, save
@@ -19,5 +20,6 @@ __all__ = [
     "PowerReLU", "signed_power", "effective_stencil", "fd_stencil", "stencil_distance", "SurrogateError",
     "exact_channels", "exact_surrogate", "INTEGRATORS", "Surrogate", "SurrogateConfig", "build_surrogate",
     "load", "save", "KEY_MAP", "load_published", "published_config", "BoundaryPad", "StencilConv2d",
-    "ConvVectorField", "__version__",
+    "ConvVectorField", "evaluate", "summarize", "error_split", "default_witness", "witness_in_class",
+    "lipschitz_estimate", "__version__",
 ]

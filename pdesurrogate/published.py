@@ -70,5 +70,6 @@ def load_published(path: str | os.PathLike, state_dict: Mapping[str, torch.Tenso
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise SurrogateError(f"{path.name}: weights do not fit the published architecture ({first})") from None
-    model.info = {"published": path.name}
+    # the paper's grid: 100 x 100 periodic nodes on the unit square
+    model.info = {"published": path.name, "grid": {"shape": [100, 100], "extent": [1.0, 1.0], "boundary": "periodic"}}
     return model

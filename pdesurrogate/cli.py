@@ -1,0 +1,163 @@
+"""``pdesurrogate`` command line: ``evaluate | split``, thin wrappers over the API.
+
+Every failure caused by the input prints one line ``pdesurrogate: error: ...`` and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from datagen.errors import DatagenError
+
+from .errors import SurrogateError
+
+EPILOG = """examples:
+  pdesurrogate evaluate runs/fisher/model.pt data/fisher/test.h5 --steps 40
+  pdesurrogate evaluate FisherNoNoise.pt data/fisher/test.h5 --published --out report.nc --plots plots/
+  pdesurrogate split runs/fisher/model.pt data/fisher/test.h5 --steps 40 --plots plots/"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise SurrogateError(f"{message} (see `{self.prog} --help`)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="checkpoint written by pdesurrogate.save (or a published state_dict with --published)")
+    p.add_argument("data", help="datagen HDF5 file with the reference trajectories")
+    p.add_argument("--published", action="store_true", help="MODEL is a published state_dict (FisherNoNoise.pt, ...)")
+    p.add_argument("--steps", type=int, default=40, help="horizon in saved steps (default 40; longer than the "
+                   "file is extended by its own solver)")
+    p.add_argument("--trajectories", type=int, help="score only the first N trajectories")
+    p.add_argument("--batch-size", type=int, default=32, help="trajectories per batch (default 32)")
+    p.add_argument("--float64", action="store_true", help="roll out in float64")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
+    p.add_argument("--horizons", default="1,10,20,40", help="steps shown in the table (default 1,10,20,40)")
+    p.add_argument("--out", help="write the full report as netCDF (needs scipy or netCDF4) or .csv")
+    p.add_argument("--plots", help="folder for figures (needs matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = _Parser(prog="pdesurrogate", description="Evaluate surrogates of PDE time steps against their reference.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
+    sub.required = True
+    e = sub.add_parser("evaluate", help="rollout errors (mse, max error, relative L2) per step", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(e)
+    s = sub.add_parser("split", help="approximation / optimisation error split with the stability bound",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(s)
+    s.add_argument("--no-lipschitz", action="store_true", help="skip the Lipschitz estimate and the bound")
+    return p
+
+
+def _load(a: argparse.Namespace):
+    import torch
+
+    from .model import load
+    from .published import load_published
+
+    dtype = torch.float64 if a.float64 else None
+    if a.published:
+        return load_published(a.model, dtype=dtype or torch.float32)
+    return load(a.model, dtype=dtype)
+
+
+def _horizons(text: str, steps: int) -> list[int]:
+    try:
+        hs = sorted({int(h) for h in text.split(",") if h.strip()})
+    except ValueError:
+        raise SurrogateError(f"--horizons {text!r} must be integers like 1,10,40") from None
+    hs = [h for h in hs if 1 <= h <= steps]
+    return hs or [steps]
+
+
+def _write(report, path: str) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        if out.suffix == ".csv":
+            report.to_dataframe().to_csv(tmp)
+        elif out.suffix in (".nc", ".netcdf", ".cdf"):
+            report.to_netcdf(tmp)
+        else:
+            raise SurrogateError(f"--out {path!r}: use a .nc or .csv file name")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cmd(a: argparse.Namespace) -> int:
+    """Run ``evaluate`` or ``split`` and print the table."""
+    import pandas as pd
+    import torch
+
+    from . import evaluation
+
+    model = _load(a)
+    traj = range(a.trajectories) if a.trajectories else None
+    dtype = torch.float64 if a.float64 else None
+    common = dict(steps=a.steps, trajectories=traj, batch_size=a.batch_size, device=a.device, dtype=dtype,
+                  progress=not a.quiet and sys.stderr.isatty())
+    hs = _horizons(a.horizons, a.steps)
+    if a.cmd == "evaluate":
+        report = evaluation.evaluate(model, a.data, **common)
+        table = evaluation.summarize(report, hs)
+    else:
+        report = evaluation.error_split(model, a.data, lipschitz=not a.no_lipschitz, **common)
+        keys = [k for k in ("total", "approximation", "optimisation", "local_total", "stability_bound", "lipschitz")
+                if k in report]
+        table = report[keys].sel(step=hs).mean("trajectory").to_dataframe()[keys]
+        print(f"witness: {report.attrs['witness']} ({'in' if report.attrs['witness_in_class'] else 'NOT in'} the "
+              f"model's class; {report.attrs['witness_hidden']} hidden channels)")
+        print("means over trajectories, relative to the reference norm:")
+    with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
+        print(table.to_string())
+    if a.out:
+        _write(report, a.out)
+        print(f"wrote {a.out}")
+    if a.plots:
+        from . import plotting
+
+        folder = Path(a.plots)
+        folder.mkdir(parents=True, exist_ok=True)
+        if a.cmd == "evaluate":
+            paths = [plotting.save(plotting.plot_error_curves(report), folder / "errors.png")]
+        else:
+            paths = [plotting.save(plotting.plot_error_split(report), folder / "split.png")]
+        for p in paths:
+            print(f"wrote {p}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pdesurrogate`` console script."""
+    try:
+        a = build_parser().parse_args(argv)
+        return cmd(a)
+    except (SurrogateError, DatagenError) as exc:
+        print(f"pdesurrogate: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"pdesurrogate: error: {exc.name or exc} is needed for this; pip install 'pdesurrogate[plot]'",
+              file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        print("pdesurrogate: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"pdesurrogate: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

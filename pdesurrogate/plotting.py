@@ -31,11 +31,11 @@ def _plt():
     return plt
 
 
-def _band(ax, steps: np.ndarray, values: np.ndarray, label: str, color=None) -> None:
+def _band(ax, steps: np.ndarray, values: np.ndarray, label: str, color=None, **line_kw) -> None:
     """Median over trajectories with a 10-90 % band."""
     med = np.nanmedian(values, axis=0)
     lo, hi = np.nanpercentile(values, 10, axis=0), np.nanpercentile(values, 90, axis=0)
-    (line,) = ax.plot(steps, med, label=label, color=color)
+    (line,) = ax.plot(steps, med, label=label, color=color, **line_kw)
     ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
@@ -58,9 +58,11 @@ def plot_error_split(split):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
     steps = split["step"].values
-    for k in ("total", "approximation", "optimisation", "stability_bound"):
+    styles = {"approximation": {"color": "C1"}, "optimisation": {"color": "C2", "linewidth": 3},
+              "stability_bound": {"color": "C3"}, "total": {"color": "k", "linestyle": "--"}}
+    for k, kw in styles.items():  # total last and dashed: it often lies on top of one of its parts
         if k in split:
-            _band(ax, steps, split[k].values, k.replace("_", " "))
+            _band(ax, steps, split[k].values, k.replace("_", " "), **kw)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("relative L2 error")

@@ -13,7 +13,6 @@ import datagen
 import pdesurrogate as ps
 from conftest import observed_order
 from datagen import Grid, catalogue
-from datagen.pde import PDE
 
 ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors" / "predicting-pixel-data"
 PAPER_DT = 0.24 * 0.01 ** 2 / 0.01

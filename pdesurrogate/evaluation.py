@@ -202,6 +202,14 @@ def _batches(idx: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         yield idx[s:s + batch_size]
 
 
+def _coords(idx: np.ndarray, steps: int, dt: float | None) -> dict[str, Any]:
+    step = np.arange(1, steps + 1)
+    coords: dict[str, Any] = {"trajectory": idx, "step": step}
+    if dt is not None:
+        coords["time"] = ("step", step * dt)
+    return coords
+
+
 def _norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x.flatten(1), dim=1)
 
@@ -286,10 +294,7 @@ def evaluate(model: Surrogate, data: Any, steps: int | None = None, trajectories
                 bar.update(b.size)
     if bar is not None:
         bar.close()
-    step = np.arange(1, steps + 1)
-    coords = {"trajectory": idx, "step": step}
-    if src.dt is not None:
-        coords["time"] = ("step", step * src.dt)
+    coords = _coords(idx, steps, src.dt)
     data_vars = {k: (("trajectory", "step"), v) for k, v in out.items()}
     if F > 1:
         coords["field"] = list(src.fields) or list(range(F))
@@ -552,10 +557,7 @@ def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate
                 bar.update(b.size)
     if bar is not None:
         bar.close()
-    step = np.arange(1, steps + 1)
-    coords: dict[str, Any] = {"trajectory": idx, "step": step}
-    if src.dt is not None:
-        coords["time"] = ("step", step * src.dt)
+    coords = _coords(idx, steps, src.dt)
     ds = xr.Dataset({k: (("trajectory", "step"), v) for k, v in out.items()}, coords=coords,
                     attrs=_attrs(model, src, {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in meta.items()}))
     ds.attrs["witness_in_class"] = int(meta["witness_in_class"])

@@ -7,7 +7,7 @@ the same architecture with seeded random weights) on 30 trajectories of the defa
 * ``rollout``: ``model.rollout(u0, 40)`` under ``torch.no_grad()`` (the floor);
 * ``evaluate``: ``pdesurrogate.evaluate`` on the same file (reads the file, scores every step);
 * ``error_split`` without and with the Lipschitz estimate (witness rollouts, local errors and the
-  warm-started power iteration).
+  warm-started power iteration: the default half iteration per step, and ``lipschitz=1``).
 
     python benchmarks/evaluate.py [--published DIR] [--quick]
 
@@ -80,6 +80,7 @@ def main() -> None:
             "evaluate": lambda: run(ps.evaluate),
             "error_split (no Lipschitz)": lambda: run(ps.error_split, lipschitz=False),
             "error_split (with Lipschitz)": lambda: run(ps.error_split),
+            "error_split (lipschitz=1)": lambda: run(ps.error_split, lipschitz=1),
         }
         times = {k: median_time(f, repeats=3, warmup=1, budget=60) for k, f in cases.items()}
         split = ps.error_split(net, path, steps=steps, batch_size=n_traj, device=dev)

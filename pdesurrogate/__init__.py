@@ -4,6 +4,7 @@ Reads the PDE spec and stencils of :mod:`datagen`; never the other way round.
 """
 
 from .activations import PowerReLU, signed_power
+from .data import WindowDataset, receptive_halo
 from .diagnostics import effective_stencil, fd_stencil, stencil_distance
 from .errors import SurrogateError
 from .evaluation import default_witness, error_split, evaluate, lipschitz_estimate, summarize, witness_in_class
@@ -12,6 +13,7 @@ from .integrators import INTEGRATORS
 from .model import Surrogate, SurrogateConfig, build_surrogate, load, save
 from .published import KEY_MAP, load_published, published_config
 from .stencil_conv import BoundaryPad, StencilConv2d
+from .training import fit, window_loss
 from .vector_field import ConvVectorField
 
 __version__ = "0.1.0"
@@ -21,5 +23,5 @@ __all__ = [
     "exact_channels", "exact_surrogate", "INTEGRATORS", "Surrogate", "SurrogateConfig", "build_surrogate",
     "load", "save", "KEY_MAP", "load_published", "published_config", "BoundaryPad", "StencilConv2d",
     "ConvVectorField", "evaluate", "summarize", "error_split", "default_witness", "witness_in_class",
-    "lipschitz_estimate", "__version__",
+    "lipschitz_estimate", "WindowDataset", "receptive_halo", "fit", "window_loss", "__version__",
 ]

@@ -311,19 +311,35 @@ def exact_surrogate(pde: PDE, grid: Grid, dt: float, substeps: int = 1, accuracy
     vf = model.vector_field
     W1 = np.zeros((hidden, pde.n_fields, K, K))
     W2 = np.zeros((pde.n_fields, hidden, K2, K2))
+    S1, S2 = np.ones(W1.shape[:2]), np.ones(W2.shape[:2])
     b1 = np.zeros(hidden)
+    dx, dy = grid.spacing
+
+    def factor(order: tuple[int, int]) -> float:
+        return 1.0 / (dx ** order[0] * dy ** order[1])
+
+    # kernels in grid units: each carries the factor of its highest derivative, the weights the
+    # unit-grid stencils times the coefficient (and the lower orders' factor ratios)
     for n, ch in enumerate(channels):
+        for f in pde.fields:
+            orders = [d.order for d, _ in ch.form if d.field == f]
+            if orders:
+                S1[n, fi[f]] = factor(max(orders, key=sum))
         for d, coef in ch.form:
-            W1[n, fi[d.field]] += coef * kernel2d(d.order, acc_of(d.order), grid.spacing, K)
+            s = S1[n, fi[d.field]]
+            W1[n, fi[d.field]] += coef * (factor(d.order) / s) * kernel2d(d.order, acc_of(d.order), (1.0, 1.0), K)
         b1[n] = ch.bias
         for c, ws in ch.out.items():
+            S2[c, n] = factor(max(ws, key=sum))
             for order, w in ws.items():
-                W2[c, n] += w * kernel2d(order, 2, grid.spacing, K2)
+                W2[c, n] += w * (factor(order) / S2[c, n]) * kernel2d(order, 2, (1.0, 1.0), K2)
     with torch.no_grad():
         vf.conv1.weight.copy_(torch.as_tensor(W1, dtype=dtype))
+        vf.conv1.kernel_scale.copy_(torch.as_tensor(S1))
         if bias1:
             vf.conv1.bias.copy_(torch.as_tensor(b1, dtype=dtype))
         vf.conv2.weight.copy_(torch.as_tensor(W2, dtype=dtype))
+        vf.conv2.kernel_scale.copy_(torch.as_tensor(S2))
         vf.conv2.bias.copy_(torch.as_tensor(spec["b2"], dtype=dtype))
     exact = not (modified_equation or k2_derivatives or spec["dropped"]) and isinstance(accuracy, int)
     model.info = {"exact": exact, "pde": pde.to_dict(), "grid": grid.to_dict(), "accuracy": spec["accuracy"],

@@ -12,30 +12,40 @@ from typing import Callable
 
 import torch
 
-__all__ = ["euler", "heun", "rk4", "projected_euler", "INTEGRATORS", "sample_norm"]
+__all__ = ["euler", "heun", "rk4", "projected_euler", "INTEGRATORS", "STAGES", "sample_norm"]
 
 Field = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _c(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``a`` cut to ``like``'s grid around the centre: under unpadded convolutions each stage
+    returns a smaller grid (identity when the shapes agree)."""
+    dx, dy = a.shape[-2] - like.shape[-2], a.shape[-1] - like.shape[-1]
+    if dx == 0 and dy == 0:
+        return a
+    return a[..., dx // 2: a.shape[-2] - dx // 2, dy // 2: a.shape[-1] - dy // 2]
+
+
 def euler(F: Field, u: torch.Tensor, h: float) -> torch.Tensor:
     """``u + h F(u)``."""
-    return u + h * F(u)
+    k = F(u)
+    return _c(u, k) + h * k
 
 
 def heun(F: Field, u: torch.Tensor, h: float) -> torch.Tensor:
     """Explicit trapezoidal rule (second order)."""
     k1 = F(u)
-    k2 = F(u + h * k1)
-    return u + 0.5 * h * (k1 + k2)
+    k2 = F(_c(u, k1) + h * k1)
+    return _c(u, k2) + 0.5 * h * (_c(k1, k2) + k2)
 
 
 def rk4(F: Field, u: torch.Tensor, h: float) -> torch.Tensor:
     """Classical fourth-order Runge-Kutta."""
     k1 = F(u)
-    k2 = F(u + 0.5 * h * k1)
-    k3 = F(u + 0.5 * h * k2)
-    k4 = F(u + h * k3)
-    return u + (h / 6.0) * (k1 + 2 * k2 + 2 * k3 + k4)
+    k2 = F(_c(u, k1) + 0.5 * h * k1)
+    k3 = F(_c(u, k2) + 0.5 * h * k2)
+    k4 = F(_c(u, k3) + h * k3)
+    return _c(u, k4) + (h / 6.0) * (_c(k1, k4) + 2 * _c(k2, k4) + 2 * _c(k3, k4) + k4)
 
 
 def sample_norm(u: torch.Tensor) -> torch.Tensor:
@@ -49,5 +59,9 @@ def projected_euler(F: Field, u: torch.Tensor, h: float, norm: torch.Tensor | No
     v = u + h * F(u)
     return v * (target / sample_norm(v))
 
+
+# vector-field evaluations per step: each shrinks the grid by the network's radius when the
+# convolutions are unpadded (cropped training)
+STAGES = {"euler": 1, "heun": 2, "rk4": 4}
 
 INTEGRATORS = {"euler": euler, "heun": heun, "rk4": rk4, "projected_euler": projected_euler}

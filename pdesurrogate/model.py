@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,7 +21,8 @@ from .errors import SurrogateError
 from .integrators import INTEGRATORS, projected_euler, sample_norm
 from .vector_field import ConvVectorField
 
-__all__ = ["Surrogate", "SurrogateConfig", "build_surrogate", "save", "load", "STENCIL_INIT_ORDERS"]
+__all__ = ["Surrogate", "SurrogateConfig", "build_surrogate", "save", "load", "load_training_state",
+           "STENCIL_INIT_ORDERS"]
 
 CHECKPOINT_FORMAT = "pdesurrogate.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -136,6 +137,14 @@ class Surrogate(nn.Module):
         """Advance ``u (batch, fields, x, y)`` by ``dt``."""
         if u.dim() != 4:
             raise SurrogateError(f"input of shape {tuple(u.shape)} must be (batch, fields, x, y)")
+        p = next(self.vector_field.parameters(), None)
+        if p is not None and u.dtype != p.dtype:
+            raise SurrogateError(f"the input is {str(u.dtype)[6:]} and the model {str(p.dtype)[6:]}: convert one "
+                                 f"(model.to(torch.{str(u.dtype)[6:]}) or u.to(torch.{str(p.dtype)[6:]}))")
+        fields = getattr(self.vector_field, "fields", None)
+        if fields is not None and u.shape[1] != fields:
+            raise SurrogateError(f"the input has {u.shape[1]} channel(s) and the model {fields} field(s): "
+                                 "pass (batch, fields, x, y)")
         h = self.dt / self.substeps
         step = INTEGRATORS[self.integrator]
         if self.integrator == "projected_euler":
@@ -146,6 +155,23 @@ class Surrogate(nn.Module):
         for _ in range(self.substeps):
             u = step(self.vector_field, u, h)
         return u
+
+    @contextmanager
+    def unpadded(self):
+        """Within this block the convolutions do not pad: each step returns the grid less its
+        receptive halo, the cells whose values need no boundary data (cropped training)."""
+        from .stencil_conv import StencilConv2d
+
+        if self.integrator == "projected_euler":
+            raise SurrogateError("projected_euler normalises over the whole grid: train it on the full grid")
+        convs = [m for m in self.modules() if isinstance(m, StencilConv2d)]
+        try:
+            for m in convs:
+                m.valid = True
+            yield self
+        finally:
+            for m in convs:
+                m.valid = False
 
     def rollout(self, u0: torch.Tensor, n_steps: int) -> torch.Tensor:
         """``(batch, n_steps + 1, fields, x, y)``: ``u0`` and ``n_steps`` steps after it."""
@@ -172,8 +198,15 @@ class Surrogate(nn.Module):
         return s
 
 
-def build_surrogate(config: SurrogateConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> Surrogate:
-    """A :class:`Surrogate` from a config, a plain dict, or keyword arguments."""
+def build_surrogate(config: SurrogateConfig | Mapping[str, Any] | None = None, *, dtype: torch.dtype | None = None,
+                    **kwargs: Any) -> Surrogate:
+    """A :class:`Surrogate` from a config, a plain dict, or keyword arguments, in ``dtype``
+    (default: torch's default, float32).
+
+    With ``init="stencil"`` every K1 kernel stores the stencil of a unit grid and carries the
+    fixed factor ``dx^-p dy^-q`` of its derivative, so the weights are O(1) at any resolution
+    and one learning rate fits all.
+    """
     if isinstance(config, SurrogateConfig):
         cfg = SurrogateConfig.from_dict({**config.to_dict(), **kwargs})
     else:
@@ -190,12 +223,13 @@ def build_surrogate(config: SurrogateConfig | Mapping[str, Any] | None = None, *
     elif cfg.init == "stencil":
         _stencil_init(vf, cfg)
     if cfg.constraint is not None:
-        vf.conv1.constrain(cfg.constraint, spacing=cfg.spacing)
+        vf.conv1.constrain(cfg.constraint)
     if cfg.mass_preserving:
         if cfg.boundary != "periodic":
             raise SurrogateError("mass preservation by zero-sum kernels needs a periodic boundary")
         vf.conv2.constrain("zero_sum")
-    return Surrogate(vf, cfg.integrator, cfg.substeps, cfg.dt, cfg)
+    model = Surrogate(vf, cfg.integrator, cfg.substeps, cfg.dt, cfg)
+    return model.to(dtype) if dtype is not None else model
 
 
 @torch.no_grad()
@@ -220,11 +254,30 @@ def _stencil_init(vf: ConvVectorField, cfg: SurrogateConfig) -> None:
     vf.conv2.weight.zero_()
     if vf.conv2.bias is not None:
         vf.conv2.bias.zero_()
+    # grid units throughout: channel c computes s_c (z_c + b_c) with z_c the unit-grid stencil's
+    # output and s_c = dx^-i dy^-j; relu^p is homogeneous, so K2 carrying 1 / (dt s_c^p) makes
+    # dt F a sum of O(1) weights times sigma(z_c + b_c): the same numbers at any resolution and dt
+    s1 = conv1.kernel_scale.max(dim=1).values
+    conv1.bias_scale.copy_(s1)
+    powers = vf.act.powers if hasattr(vf.act, "powers") else [1] * cfg.hidden
+    p = torch.as_tensor([float(q) for q in powers], dtype=torch.float64)
+    if conv1.bias is not None:
+        # relu^p channels start shifted by one grid unit: (z + 1)^p = 1 + p z + ..., so K2 sees
+        # linear features of every stencil from the first step (at zero shift the gradient of
+        # K2 sees only z^p, and linear terms such as a Lap u are learned slowly)
+        conv1.bias.copy_((p >= 2).to(conv1.bias.dtype))
+    vf.conv2.kernel_scale.copy_((1.0 / (cfg.dt * s1 ** p)).expand_as(vf.conv2.kernel_scale))
+    vf.conv2.bias_scale.fill_(1.0 / cfg.dt)
 
 
 # -- checkpoints -----------------------------------------------------------------------------
-def save(model: Surrogate, path: str | os.PathLike, provenance: Mapping[str, Any] | None = None) -> Path:
-    """Write weights, config and provenance to ``path`` (atomically)."""
+def save(model: Surrogate, path: str | os.PathLike, provenance: Mapping[str, Any] | None = None,
+         training: Mapping[str, Any] | None = None) -> Path:
+    """Write weights, config and provenance to ``path`` (atomically).
+
+    ``training`` (tensors and plain data: optimizer state, epoch, history) is stored alongside
+    for :func:`pdesurrogate.fit` to resume from; :func:`load` ignores it.
+    """
     if model.config is None:
         raise SurrogateError("this surrogate has no config; build it with build_surrogate or exact_surrogate")
     path = Path(path)
@@ -236,6 +289,8 @@ def save(model: Surrogate, path: str | os.PathLike, provenance: Mapping[str, Any
         "info": json.dumps(model.info, sort_keys=True, default=str),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if training is not None:
+        payload["training"] = dict(training)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -256,6 +311,19 @@ def read_tensors(path: Path, what: str) -> Any:
         raise SurrogateError(f"{path} is not a readable {what}") from None
 
 
+def load_training_state(path: str | os.PathLike, model: Surrogate) -> dict[str, Any]:
+    """Load the weights of checkpoint ``path`` into ``model`` and return its training state."""
+    path = Path(path)
+    payload = read_tensors(path, "checkpoint (corrupt, or not written by pdesurrogate.save)")
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "training" not in payload:
+        raise SurrogateError(f"{path} is not a training checkpoint written by pdesurrogate.fit")
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise SurrogateError(f"{path}: its weights do not fit this model ({str(exc).splitlines()[0]})") from None
+    return payload["training"]
+
+
 def load(path: str | os.PathLike, integrator: str | None = None, substeps: int | None = None,
          dtype: torch.dtype | None = None) -> Surrogate:
     """Read a checkpoint written by :func:`save`; optionally switch integrator or substeps."""
@@ -272,7 +340,10 @@ def load(path: str | os.PathLike, integrator: str | None = None, substeps: int |
     except (KeyError, ValueError, TypeError) as exc:
         raise SurrogateError(f"{path}: its config is malformed ({exc})") from None
     model = build_surrogate(cfg)
-    sd = payload.get("state_dict", {})
+    sd = dict(payload.get("state_dict", {}))
+    for name, buf in model.state_dict().items():
+        if name.endswith(("kernel_scale", "bias_scale")) and name not in sd:  # written before kernels were in grid units
+            sd[name] = torch.ones_like(buf)
     if dtype is not None:
         model = model.to(dtype)
     try:

@@ -122,7 +122,7 @@ def plot_kernels(model, accuracy: int = 2, orders: Sequence[tuple[int, int]] = (
 
     plt = _plt()
     conv = model.vector_field.conv1
-    W = conv.weight.detach().cpu().to(torch.float64).numpy()[:, 0]
+    W = conv.kernel.detach().cpu().to(torch.float64).numpy()[:, 0]
     size = W.shape[-1]
     spacing = tuple(model.config.spacing) if model.config is not None else (1.0, 1.0)
     refs = {}

@@ -65,6 +65,8 @@ def load_published(path: str | os.PathLike, state_dict: Mapping[str, torch.Tenso
         raise SurrogateError(f"{path.name}: unexpected keys {sorted(unknown)}; expected {sorted(KEY_MAP)}")
     model = build_surrogate(**cfg).to(dtype)
     mapped = {KEY_MAP[k]: v.to(dtype) for k, v in state_dict.items()}
+    # the published kernels are physical numbers: unit scale
+    mapped.update({k: v for k, v in model.state_dict().items() if k.endswith(("kernel_scale", "bias_scale"))})
     try:
         model.load_state_dict(mapped)
     except RuntimeError as exc:

@@ -210,44 +210,88 @@ class StencilConv2d(nn.Module):
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        # fixed physical factor per kernel (1 / dx^p dy^q of its derivative): the weights stay in
+        # grid units, O(1) at any resolution; kept in float64 whatever the module's dtype
+        self.register_buffer("kernel_scale", torch.ones(out_channels, in_channels, dtype=torch.float64))
+        self.register_buffer("bias_scale", torch.ones(out_channels, dtype=torch.float64))
         self.pad = BoundaryPad(boundary, kernel_size // 2, boundary_value)
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.orders: dict[tuple[int, int], tuple[tuple[int, int], int]] = {}
         self.exact_kernels: dict[tuple[int, int], np.ndarray] = {}  # float64 stencils for constraints
         self.constraint: str | None = None
+        self.valid = False  # True: no padding, the output shrinks by the radius (cropped training)
+
+    def _apply(self, fn, recurse: bool = True):
+        scales = {k: self._buffers[k] for k in ("kernel_scale", "bias_scale")}
+        super()._apply(fn, recurse)
+        for k, v in scales.items():
+            self._buffers[k] = v.to(device=self._buffers[k].device, dtype=torch.float64)
+        return self
+
+    @property
+    def bias_value(self) -> torch.Tensor | None:
+        """The physical bias: the stored bias times its fixed scale."""
+        b = self.bias
+        return None if b is None else b * self.bias_scale.to(b.dtype)
+
+    @property
+    def kernel(self) -> torch.Tensor:
+        """The physical kernel: the weight (grid units) times each kernel's fixed scale."""
+        w = self.weight
+        return w * self.kernel_scale.to(w.dtype)[:, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pad by the boundary rule and correlate."""
+        W, b = self.kernel, self.bias_value
+        if self.valid:
+            return F.conv2d(x, W, b)
         if self.kernel_size == 1 and x.dtype == torch.float32:
             # torch 2.13's CPU float32 1x1 convolution runs about 20x slower than this
             # channel contraction (benchmarks/rollout.py); float64 is faster as a convolution
-            y = torch.einsum("oc,bcxy->boxy", self.weight[:, :, 0, 0], x)
-            return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+            y = torch.einsum("oc,bcxy->boxy", W[:, :, 0, 0], x)
+            return y if b is None else y + b.view(1, -1, 1, 1)
         if self.pad.boundary == "periodic" and self.pad.radius:
             if self.pad.radius > min(x.shape[-2:]):
                 raise SurrogateError(f"grid {tuple(x.shape[-2:])} is smaller than the kernel radius {self.pad.radius}")
-            return _PeriodicConv.apply(x, self.weight, self.bias, self.pad.radius)
-        return F.conv2d(self.pad(x), self.weight, self.bias)
+            return _PeriodicConv.apply(x, W, b, self.pad.radius)
+        return F.conv2d(self.pad(x), W, b)
+
+    @torch.no_grad()
+    def set_kernel(self, out_channel: int, in_channel: int, kernel: np.ndarray, scale: float = 1.0) -> None:
+        """Set one physical kernel as ``weight = kernel / scale`` with the fixed factor ``scale``."""
+        if parametrize.is_parametrized(self, "weight"):
+            raise SurrogateError("set kernels before adding a constraint")
+        self.kernel_scale[out_channel, in_channel] = float(scale)
+        self.weight[out_channel, in_channel] = torch.as_tensor(np.asarray(kernel) / scale, dtype=self.weight.dtype)
 
     @torch.no_grad()
     def set_stencil(self, out_channel: int, in_channel: int, order: tuple[int, int], accuracy: int = 2,
                     spacing: tuple[float, float] = (1.0, 1.0), scale: float = 1.0) -> None:
-        """Set one kernel to ``scale`` times ``datagen``'s stencil of ``d^i/dx^i d^j/dy^j``."""
+        """Set one kernel to ``scale`` times ``datagen``'s stencil of ``d^i/dx^i d^j/dy^j``.
+
+        The weight holds the stencil of a unit grid (grid units); the factor ``dx^-i dy^-j`` is
+        the kernel's fixed ``kernel_scale``.
+        """
         if parametrize.is_parametrized(self, "weight"):
             raise SurrogateError("set stencils before adding a constraint")
-        k = kernel2d(tuple(order), accuracy, spacing, self.kernel_size if self.kernel_size >= 3 else None)
+        k = kernel2d(tuple(order), accuracy, (1.0, 1.0), self.kernel_size if self.kernel_size >= 3 else None)
         if k.shape[0] > self.kernel_size:
             raise SurrogateError(
                 f"the stencil of order {order} at accuracy {accuracy} needs a {k.shape[0]}x{k.shape[0]} kernel"
             )
         self.weight[out_channel, in_channel] = torch.as_tensor(scale * k, dtype=self.weight.dtype)
+        self.kernel_scale[out_channel, in_channel] = 1.0 / (spacing[0] ** order[0] * spacing[1] ** order[1])
         self.orders[(out_channel, in_channel)] = (tuple(order), accuracy)
         self.exact_kernels[(out_channel, in_channel)] = scale * k
 
     def constrain(self, kind: str, accuracy: int | None = None,
                   spacing: tuple[float, float] = (1.0, 1.0)) -> "StencilConv2d":
         """Add a constraint: ``frozen``, ``moments`` (needs every kernel set by :meth:`set_stencil`;
-        keeps moments up to degree ``|order| + accuracy - 1``) or ``zero_sum``."""
+        keeps moments up to degree ``|order| + accuracy - 1``) or ``zero_sum``.
+
+        Moments are those of the stored weight, in grid units (``spacing`` (1, 1)); a positive
+        factor per kernel keeps them, so the physical kernel keeps its moments too.
+        """
         if kind == "frozen":
             self.weight.requires_grad_(False)
         elif kind == "zero_sum":

@@ -119,9 +119,9 @@ def test_moment_constrained_kernels_keep_their_moments():
     m = ps.build_surrogate(fields=1, hidden=6, kernel_size=5, powers=(1, 2), init="stencil", constraint="moments",
                            spacing=spacing, dt=0.01, seed=1).double()
     conv = m.vector_field.conv1
-    before = conv.weight.detach().clone()
+    before = conv.kernel.detach().clone()  # physical kernels: weights in grid units times 1/dx^p dy^q
     _train(m)
-    after = conv.weight.detach()
+    after = conv.kernel.detach()
     assert not torch.allclose(before, after)  # it did learn
     for (o, i), (order, acc) in conv.orders.items():
         deg = sum(order) + acc - 1

@@ -1,0 +1,391 @@
+"""``fit``: train a surrogate on unrolled windows.
+
+The loss of a window ``(u0, u1..uk)`` is the mean over its ``k`` steps of the error of the
+model's own rollout ``N^j(u0 + noise)`` against ``u_j`` (mean squared, or relative L2). ``k``
+follows a curriculum (e.g. 1, then 3, then 5 steps), Adam follows a cosine or plateau schedule,
+L-BFGS can polish the result, and training stops early when the validation rollout error (from
+:func:`pdesurrogate.evaluate` at the longest horizon) stops improving.
+
+Every random choice of epoch ``e`` (window order, noise, crops) is drawn from generators seeded
+by ``(seed, e)``, so a run resumed from the checkpoint written after epoch ``e`` continues exactly
+as the uninterrupted run would. Under ``torchrun`` each process takes its share of every global
+batch and the gradients are summed across processes: the loss history is that of one process
+on the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .data import WindowDataset, receptive_halo
+from .errors import SurrogateError
+from .model import Surrogate, load_training_state, save
+
+__all__ = ["fit", "window_loss", "LOSSES"]
+
+LOSSES = ("mse", "relative")
+SCHEDULES = (None, "none", "cosine", "plateau")
+# options that must agree between a checkpoint and the run that resumes it
+_RESUME_KEYS = ("batch_size", "unroll", "curriculum", "loss", "noise", "lr", "schedule", "clip", "seed", "dtype",
+                "weight_decay")
+
+
+def _center(x: torch.Tensor, size: int) -> torch.Tensor:
+    dx, dy = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return x[..., dx: dx + size, dy: dy + size]
+
+
+def window_loss(model: Surrogate, windows: torch.Tensor, steps: int, loss: str = "mse", noise: float = 0.0,
+                seeds: Sequence[int] | None = None, crop: int | None = None) -> torch.Tensor:
+    """Per-window loss ``(batch,)`` of ``steps`` unrolled steps from ``windows[:, 0]``.
+
+    Args:
+        windows: ``(batch, >= steps + 1, fields, x, y)``.
+        loss: ``mse`` (mean over steps, fields and cells of the squared error) or ``relative``
+            (mean over steps of ``||pred - ref|| / ||ref||``).
+        noise: standard deviation of Gaussian noise added to the input, relative to each
+            window's root-mean-square value.
+        seeds: one seed per window for its noise (so a window's noise does not depend on the
+            batch or the process it lands in).
+        crop: score the central ``crop x crop`` cells, stepping with unpadded convolutions (the
+            windows then carry the receptive halo around the patch).
+    """
+    u = windows[:, 0]
+    if noise:
+        seeds = list(seeds) if seeds is not None else list(range(u.shape[0]))
+        rms = u.flatten(1).pow(2).mean(1).sqrt().view(-1, 1, 1, 1)
+        eps = torch.stack([torch.randn(u.shape[1:], generator=torch.Generator().manual_seed(int(s)), dtype=u.dtype)
+                           for s in seeds]).to(u.device)
+        u = u + noise * rms * eps
+    terms = []
+    ctx = model.unpadded() if crop is not None else _nullctx()
+    with ctx:
+        for j in range(1, steps + 1):
+            u = model(u)
+            ref = windows[:, j]
+            if crop is not None:
+                pred, ref = _center(u, crop), _center(ref, crop)
+            else:
+                pred = u
+            err = (pred - ref).flatten(1)
+            if loss == "mse":
+                terms.append(err.pow(2).mean(1))
+            else:
+                terms.append(err.norm(dim=1) / ref.flatten(1).norm(dim=1).clamp(min=torch.finfo(ref.dtype).tiny))
+    return torch.stack(terms, 1).mean(1)
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _dist() -> tuple[int, int]:
+    d = torch.distributed
+    if d.is_available() and d.is_initialized():
+        return d.get_rank(), d.get_world_size()
+    return 0, 1
+
+
+def _allreduce(t: torch.Tensor) -> torch.Tensor:
+    if _dist()[1] > 1:
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def _sync_grads(params: Sequence[torch.nn.Parameter]) -> None:
+    if _dist()[1] == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _phase(curriculum: Sequence[int], epoch: int, epochs: int) -> int:
+    return int(curriculum[min(epoch * len(curriculum) // max(epochs, 1), len(curriculum) - 1)])
+
+
+def _check(model: Surrogate, train: WindowDataset, steps_max: int, loss: str, schedule: str | None) -> None:
+    if not isinstance(model, Surrogate):
+        raise SurrogateError(f"fit trains a pdesurrogate.Surrogate, not {type(model).__name__}")
+    if not isinstance(train, WindowDataset):
+        raise SurrogateError("train must be a pdesurrogate.WindowDataset (e.g. WindowDataset('train.h5', unroll=5))")
+    if loss not in LOSSES:
+        raise SurrogateError(f"unknown loss {loss!r}; choose mse or relative")
+    if schedule not in SCHEDULES:
+        raise SurrogateError(f"unknown schedule {schedule!r}; choose cosine, plateau or none")
+    if steps_max > train.unroll:
+        raise SurrogateError(f"the windows hold {train.unroll} steps, the curriculum asks for {steps_max}: "
+                             f"build the WindowDataset with unroll={steps_max}")
+    if abs(model.dt - train.dt) > 1e-9 * train.dt:
+        raise SurrogateError(f"the model steps dt={model.dt:.6g}, the data dt={train.dt:.6g}: build the model "
+                             "with dt=train.dt")
+    fields = getattr(model.vector_field, "fields", None)
+    if fields is not None and fields != len(train.fields):
+        raise SurrogateError(f"the model has {fields} field(s), the data {len(train.fields)}")
+    if model.config is not None and model.config.boundary != train.boundary:
+        raise SurrogateError(f"the model pads {model.config.boundary}, the data is {train.boundary}")
+    if train.crop is not None:
+        need = receptive_halo(model, steps_max)
+        if train.halo < need:
+            raise SurrogateError(f"crops need a halo of {need} cells for {steps_max} steps of this model, the "
+                                 f"dataset has {train.halo}: WindowDataset(..., crop={train.crop}, halo={need})")
+
+
+def _valid_error(model: Surrogate, valid: Any, steps: int, trajectories, device, dtype) -> float:
+    from .evaluation import evaluate
+
+    rep = evaluate(model, valid, steps=steps, trajectories=trajectories, device=device, dtype=dtype)
+    return float(rep.rel_l2.sel(step=steps).mean())
+
+
+def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.PathLike | None = None, *,
+        epochs: int = 10, batch_size: int = 8, unroll: int | None = None, curriculum: Sequence[int] | None = None,
+        loss: str = "mse", noise: float = 0.0, lr: float = 1e-3, weight_decay: float = 0.0,
+        schedule: str | None = "cosine", clip: float | None = 1.0, lbfgs: int = 0, lbfgs_windows: int = 64,
+        patience: int | None = None, valid_steps: int | None = None, valid_trajectories: Sequence[int] | None = None,
+        checkpoint: str | os.PathLike | None = None, resume: bool = False, device: str | torch.device = "auto",
+        dtype: torch.dtype | None = None, seed: int = 0, progress: bool = True, num_workers: int = 0):
+    """Train ``model`` in place on the windows of ``train``; return the history (``xarray.Dataset``).
+
+    Args:
+        model: the surrogate (for example ``build_surrogate(..., init="stencil")``).
+        train: a :class:`WindowDataset`.
+        valid: a :class:`WindowDataset` or datagen file scored by :func:`pdesurrogate.evaluate`
+            after every epoch (mean ``rel_l2`` at ``valid_steps``, default: every stored step).
+        epochs: passes over the training windows.
+        batch_size: windows per (global) batch.
+        unroll: steps per window in the loss (default: the dataset's ``unroll``).
+        curriculum: unroll lengths for equal shares of the epochs, e.g. ``[1, 3, 5]``.
+        loss: ``mse`` or ``relative`` (see :func:`window_loss`).
+        noise: input-noise level relative to each window's RMS (1e-3 is a good start).
+        lr, weight_decay: Adam's.
+        schedule: ``cosine`` (to lr/100 over the run), ``plateau`` (halve after 2 epochs without
+            validation gain) or ``none``.
+        clip: gradient-norm clipping (``None`` for none).
+        lbfgs: L-BFGS iterations (strong Wolfe line search) after the Adam epochs, on
+            ``lbfgs_windows`` windows at the longest unroll; kept only if the validation error
+            does not get worse.
+        patience: stop after this many epochs without validation gain (``None``: never).
+        valid_trajectories: trajectories of ``valid`` to score (default: all).
+        checkpoint: folder for ``last.pt`` (after every epoch, with optimizer state; resumable)
+            and ``best.pt`` (best validation error).
+        resume: continue from ``checkpoint/last.pt`` when it exists.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        dtype: train in this dtype (the model is cast in place); default the model's.
+        seed: seed of the window order, the noise and the crops.
+        progress: a tqdm bar with the loss and the validation error.
+        num_workers: DataLoader workers.
+
+    At the end the model holds the weights of the best validation error (the last ones without
+    ``valid``). The history has one row per epoch: ``loss``, ``valid``, ``lr``, ``unroll``,
+    ``seconds``; its attrs carry the L-BFGS outcome and why training stopped.
+    """
+    import xarray as xr
+
+    curriculum = list(curriculum) if curriculum else [int(unroll or train.unroll)]
+    if any(int(k) < 1 for k in curriculum):
+        raise SurrogateError(f"curriculum {curriculum} must hold positive step counts")
+    steps_max = max(int(k) for k in curriculum)
+    _check(model, train, steps_max, loss, schedule)
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(v, int) or v < 1:
+            raise SurrogateError(f"{name}={v!r} must be a positive integer")
+    for name, v in (("lr", lr), ("noise", noise), ("weight_decay", weight_decay)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise SurrogateError(f"{name}={v!r} must be a finite non-negative number")
+    rank, world = _dist()
+    dev = _device(device)
+    if dtype is not None:
+        model.to(dtype)
+    model.to(dev)
+    dtype = next(model.parameters()).dtype
+    train.dtype = dtype
+    schedule = None if schedule == "none" else schedule
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise SurrogateError("the model has no trainable parameters")
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    n_batches = math.ceil(len(train) / batch_size)
+    if schedule == "cosine":
+        sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * n_batches, eta_min=lr / 100)
+    elif schedule == "plateau":
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=2)
+    else:
+        sched = None
+    if valid is not None and valid_steps is None:
+        from .evaluation import _source
+
+        valid_steps = _source(valid.path if isinstance(valid, WindowDataset) else valid).n_time - 1
+    valid_src = valid.path if isinstance(valid, WindowDataset) else valid
+    if isinstance(valid, WindowDataset) and valid_trajectories is None:
+        valid_trajectories = valid.trajectories
+    options = {"batch_size": batch_size, "unroll": steps_max, "curriculum": curriculum, "loss": loss,
+               "noise": float(noise), "lr": float(lr), "schedule": schedule, "clip": clip, "seed": int(seed),
+               "dtype": str(dtype), "weight_decay": float(weight_decay), "epochs": epochs, "lbfgs": int(lbfgs)}
+
+    hist: dict[str, list] = {"loss": [], "valid": [], "lr": [], "unroll": [], "seconds": []}
+    best, best_state, start, stale = math.inf, None, 0, 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if resume and ckpt is not None and (ckpt / "last.pt").exists():
+        state = load_training_state(ckpt / "last.pt", model)
+        old = state["options"]
+        diff = [k for k in _RESUME_KEYS if json.dumps(old.get(k)) != json.dumps(options.get(k))]
+        if diff:
+            raise SurrogateError(f"{ckpt / 'last.pt'} was written with other options ({', '.join(diff)}); "
+                                 "resume with the same ones or start a new checkpoint folder")
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+        hist = {k: list(v) for k, v in state["history"].items()}
+        best, stale, start = float(state["best"]), int(state["stale"]), int(state["epoch"]) + 1
+        best_state = state.get("best_state")
+    elif resume and ckpt is None:
+        raise SurrogateError("resume=True needs checkpoint= (the folder of last.pt)")
+
+    from tqdm.auto import tqdm
+
+    stop_reason = "epochs"
+    for epoch in range(start, epochs):
+        if stale and patience is not None and stale >= patience:
+            stop_reason = f"no validation gain for {patience} epochs"
+            break
+        t0 = time.perf_counter()
+        k = _phase(curriculum, epoch, epochs)
+        train.set_epoch(epoch)
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(_seed(seed, epoch, 0)))
+        batches = [order[i: i + batch_size].tolist() for i in range(0, len(train), batch_size)]
+        mine = [b[rank::world] for b in batches]
+        loader = torch.utils.data.DataLoader(train, batch_sampler=[m for m in mine if m], num_workers=num_workers)
+        it = iter(loader)
+        total, count = 0.0, 0
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{epochs} k={k}", leave=False,
+                   disable=not progress or rank != 0)
+        model.train()
+        for b, m in zip(batches, mine):
+            windows = next(it).to(dev) if m else None
+            opt.zero_grad(set_to_none=True)
+            part = torch.zeros((), dtype=torch.float64, device=dev)
+            if windows is not None:
+                seeds = [_seed(seed, epoch, 2 + i) for i in m] if noise else None
+                per = window_loss(model, windows[:, : k + 1], k, loss, noise, seeds, train.crop)
+                # the global batch's mean: processes add their shares of the sum
+                part = per.sum() / len(b)
+                part.backward()
+            _sync_grads(params)
+            batch_loss = float(_allreduce(part.detach().to(torch.float64)))
+            if not math.isfinite(batch_loss):
+                raise SurrogateError(f"the loss became {batch_loss} in epoch {epoch + 1}: lower lr (now "
+                                     f"{opt.param_groups[0]['lr']:.3g}), raise clip, or check the data")
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            if schedule == "cosine":
+                sched.step()
+            total += batch_loss * len(b)
+            count += len(b)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / count:.3g}")
+        bar.close()
+        model.eval()
+        v = _valid_error(model, valid_src, valid_steps, valid_trajectories, dev, dtype) if valid is not None else math.nan
+        if schedule == "plateau":
+            sched.step(v if valid is not None else total / count)
+        for key, val in (("loss", total / count), ("valid", v), ("lr", opt.param_groups[0]["lr"]), ("unroll", k),
+                         ("seconds", time.perf_counter() - t0)):
+            hist[key].append(float(val))
+        if valid is not None and v < best:
+            best, stale = v, 0
+            best_state = {n: t.detach().cpu().clone() for n, t in model.state_dict().items()}
+            if ckpt is not None and rank == 0:
+                save(model, ckpt / "best.pt", provenance=train.provenance)
+        elif valid is not None:
+            stale += 1
+        if progress and rank == 0:
+            tqdm.write(f"epoch {epoch + 1}/{epochs}  unroll {k}  loss {total / count:.4g}"
+                       + (f"  valid rel_l2({valid_steps}) {v:.4g}" if valid is not None else ""))
+        if ckpt is not None and rank == 0:
+            save(model, ckpt / "last.pt", provenance=train.provenance, training={
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
+                "epoch": epoch, "history": hist, "best": best, "stale": stale, "best_state": best_state,
+                "options": options})
+
+    attrs: dict[str, Any] = {"stopped": stop_reason}
+    if lbfgs:
+        attrs.update(_polish(model, train, params, lbfgs, lbfgs_windows, steps_max, loss, seed, dev, valid_src,
+                             valid_steps, valid_trajectories, dtype, best_state, best))
+        if attrs.get("lbfgs_kept"):
+            best_state, best = None, attrs["lbfgs_valid"]
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    ds = xr.Dataset({k: ("epoch", np.asarray(v, dtype=float)) for k, v in hist.items()},
+                    coords={"epoch": np.arange(1, len(hist["loss"]) + 1)},
+                    attrs={**attrs, "options": json.dumps(options), "best_valid": best})
+    model.info = {**model.info, "trained": {"epochs": len(hist["loss"]), "best_valid": best,
+                                            "valid_steps": valid_steps, **options}}
+    if ckpt is not None and rank == 0:
+        save(model, ckpt / "final.pt", provenance=train.provenance)
+    return ds
+
+
+def _seed(seed: int, epoch: int, stream: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(1)[0])
+
+
+def _polish(model, train, params, iterations, n_windows, steps, loss, seed, dev, valid_src, valid_steps,
+            valid_trajectories, dtype, best_state, best) -> dict[str, Any]:
+    rank, world = _dist()
+    g = torch.Generator().manual_seed(_seed(seed, 10 ** 6, 0))
+    pick = torch.randperm(len(train), generator=g)[:n_windows].tolist()
+    mine = pick[rank::world]
+    windows = torch.stack([train[i] for i in mine]).to(dev) if mine else None
+    before = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iterations, history_size=50, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-12, tolerance_change=1e-15)
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        part = torch.zeros((), dtype=torch.float64, device=dev)
+        if windows is not None:
+            for chunk in windows.split(16):
+                per = window_loss(model, chunk[:, : steps + 1], steps, loss, crop=train.crop)
+                val = per.sum() / len(pick)
+                val.backward()
+                part = part + val.detach().to(torch.float64)
+        _sync_grads(params)
+        return _allreduce(part).to(dtype)
+
+    first = float(closure())
+    opt.step(closure)
+    last = float(closure())
+    out: dict[str, Any] = {"lbfgs_iterations": iterations, "lbfgs_loss_before": first, "lbfgs_loss_after": last}
+    if valid_src is not None:
+        v = _valid_error(model, valid_src, valid_steps, valid_trajectories, dev, dtype)
+        keep = math.isfinite(v) and v <= best
+        out.update({"lbfgs_valid": v, "lbfgs_kept": int(keep)})
+        if not keep:
+            model.load_state_dict(best_state if best_state is not None else before)
+    else:
+        keep = math.isfinite(last) and last <= first
+        out["lbfgs_kept"] = int(keep)
+        if not keep:
+            model.load_state_dict(before)
+    return out

@@ -1,0 +1,200 @@
+"""Grid-unit kernels, training windows, crops with halos, fit, checkpoints and resume."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import datagen
+import pdesurrogate as ps
+import pdesurrogate.training as training
+from datagen import Grid, catalogue
+
+PAPER_DT = 0.0024
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    g = Grid((32, 32)).to_dict()
+    common = {"pde": "fisher", "steps": 10, "grid": g, "dt": PAPER_DT}
+    train = datagen.generate(datagen.GenerationConfig(**common, split="train", n_trajectories=8, seed=0),
+                             d / "train.h5")
+    valid = datagen.generate(datagen.GenerationConfig(**common, split="valid", n_trajectories=4, seed=0),
+                             d / "valid.h5")
+    return {"train": train, "valid": valid}
+
+
+def _paper_model(ds, **kw):
+    opts = {"hidden": 10, "kernel_size": 5, "powers": (2,), "substeps": 3, "init": "stencil", "dt": ds.dt,
+            "spacing": ds.spacing, "boundary": ds.boundary}
+    return ps.build_surrogate(**{**opts, **kw})
+
+
+def test_stencil_kernels_are_stored_in_grid_units():
+    m = ps.build_surrogate(hidden=6, kernel_size=5, init="stencil", spacing=(0.01, 0.01), dt=1e-3)
+    conv = m.vector_field.conv1
+    assert float(conv.weight.detach().abs().max()) <= 2.0  # the unit-grid Laplacian's centre is -2
+    lap = conv.kernel[3, 0].detach().double().numpy()  # channel 3 holds d^2/dx^2
+    np.testing.assert_allclose(lap, ps.fd_stencil((2, 0), 5, 2, (0.01, 0.01)), rtol=1e-6)
+    assert conv.kernel_scale.dtype == torch.float64
+    m.float()
+    assert conv.kernel_scale.dtype == torch.float64  # casting the model never rounds the scales
+
+
+def test_build_surrogate_takes_a_dtype_and_checks_inputs():
+    m = ps.build_surrogate(hidden=4, kernel_size=3, dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in m.parameters())
+    with pytest.raises(ps.SurrogateError, match="input is float32 and the model float64"):
+        m(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ps.SurrogateError, match="2 channel.*1 field"):
+        m(torch.zeros(1, 2, 8, 8, dtype=torch.float64))
+    e = ps.exact_surrogate(catalogue.fisher(), Grid((8, 8)), 1e-3, dtype=torch.float32)
+    assert next(e.parameters()).dtype == torch.float32
+
+
+def test_exact_network_survives_a_checkpoint(tmp_path):
+    g = Grid((16, 16))
+    net = ps.exact_surrogate(catalogue.fisher(), g, PAPER_DT, substeps=3, powers=(2,), modified_equation=1,
+                             accuracy="max", kernel_size=5, truncate=True)
+    u = torch.rand(2, 1, 16, 16, dtype=torch.float64)
+    back = ps.load(ps.save(net, tmp_path / "e.pt"), dtype=torch.float64)
+    assert torch.equal(net(u), back(u))
+
+
+def test_window_dataset_reads_windows_and_metadata(data):
+    ds = ps.WindowDataset(data["train"], unroll=3, stride=2)
+    assert ds.dt == pytest.approx(PAPER_DT) and ds.boundary == "periodic" and ds.spacing == (1 / 32, 1 / 32)
+    assert len(ds) == 8 * len(range(0, 11 - 3, 2))
+    w = ds[5]  # trajectory 1, start 2 (4 windows per trajectory)
+    ref = datagen.open_dataset(data["train"])["u"].values[1, 2:6]
+    np.testing.assert_array_equal(w[:, 0].numpy(), ref)
+    lazy = ps.WindowDataset(data["train"], unroll=3, stride=2, in_memory=False)
+    assert torch.equal(lazy[5], w)
+    with pytest.raises(ps.SurrogateError, match="holds 10 steps"):
+        ps.WindowDataset(data["train"], unroll=11)
+
+
+def test_a_cropped_step_equals_the_full_grid_step_on_its_cells(data):
+    model = _paper_model(ps.WindowDataset(data["train"], unroll=2), dtype=torch.float64, seed=3, init="random")
+    halo = ps.receptive_halo(model, 2)
+    assert halo == 2 * 3 * (2 + 2)
+    full = ps.WindowDataset(data["train"], unroll=2, dtype=torch.float64)
+    crop = ps.WindowDataset(data["train"], unroll=2, dtype=torch.float64, crop=6, halo=halo, seed=4)
+    i = 7
+    ox, oy = crop.crop_origin(i)
+    with torch.no_grad():
+        ref = model.rollout(full[i][None, 0], 2)[0]
+        with model.unpadded():
+            u = crop[i][None, 0]
+            for _ in range(2):
+                u = model(u)
+    rows, cols = (ox + np.arange(6)) % 32, (oy + np.arange(6)) % 32
+    expect = ref[2][:, rows][:, :, cols]
+    assert u.shape[-2:] == (6, 6)
+    torch.testing.assert_close(u[0], expect, rtol=0, atol=1e-12)
+
+
+def test_training_from_stencils_at_the_physical_spacing_reduces_the_error_tenfold(data):
+    train = ps.WindowDataset(data["train"], unroll=5)
+    model = _paper_model(train)
+    before = float(ps.evaluate(model, data["valid"], steps=5).rel_l2.sel(step=5).mean())
+    hist = ps.fit(model, train, data["valid"], epochs=20, curriculum=[1, 3, 5], lr=1e-3, valid_steps=5,
+                  progress=False)
+    assert np.all(np.isfinite(hist.loss.values))
+    after = float(ps.evaluate(model, data["valid"], steps=5).rel_l2.sel(step=5).mean())
+    assert after == pytest.approx(hist.attrs["best_valid"], rel=1e-6)  # the best weights are kept
+    assert after < before / 10, (before, after)
+
+
+def _run(data, folder, interrupt_after=None, **kw):
+    train = ps.WindowDataset(data["train"], unroll=3, dtype=torch.float64)
+    model = _paper_model(train, dtype=torch.float64)
+    return model, ps.fit(model, train, data["valid"], epochs=4, batch_size=8, curriculum=[1, 3], noise=1e-3,
+                         valid_steps=3, checkpoint=folder, progress=False, **kw)
+
+
+def test_resume_reaches_the_weights_of_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    ref, hist = _run(data, tmp_path / "a")
+    real_save, calls = training.save, []
+
+    def save_then_die(model, path, **kw):
+        out = real_save(model, path, **kw)
+        calls.append(Path(path).name)
+        if calls.count("last.pt") == 2:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(training, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(data, tmp_path / "b")
+    monkeypatch.setattr(training, "save", real_save)
+    resumed, hist2 = _run(data, tmp_path / "b", resume=True)
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=k)
+    np.testing.assert_allclose(hist.loss.values, hist2.loss.values, rtol=1e-12)
+    with pytest.raises(ps.SurrogateError, match="other options"):
+        _run(data, tmp_path / "b", resume=True, lr=2e-3)
+
+
+def test_fit_refuses_mismatched_models_and_options(data):
+    train = ps.WindowDataset(data["train"], unroll=2)
+    with pytest.raises(ps.SurrogateError, match="dt="):
+        ps.fit(ps.build_surrogate(dt=1.0), train, progress=False)
+    with pytest.raises(ps.SurrogateError, match="unroll=5"):
+        ps.fit(_paper_model(train), train, curriculum=[1, 5], progress=False)
+    with pytest.raises(ps.SurrogateError, match="halo of 24"):
+        ps.fit(_paper_model(train), ps.WindowDataset(data["train"], unroll=2, crop=8, halo=3), progress=False)
+    with pytest.raises(ps.SurrogateError, match="unknown loss"):
+        ps.fit(_paper_model(train), train, loss="l1", progress=False)
+
+
+def test_lbfgs_polish_is_kept_only_when_it_helps(data):
+    train = ps.WindowDataset(data["train"], unroll=1, dtype=torch.float64)
+    model = _paper_model(train, dtype=torch.float64)
+    hist = ps.fit(model, train, data["valid"], epochs=2, valid_steps=3, lbfgs=10, lbfgs_windows=16, progress=False)
+    assert hist.attrs["lbfgs_loss_after"] <= hist.attrs["lbfgs_loss_before"]
+    final = float(ps.evaluate(model, data["valid"], steps=3).rel_l2.sel(step=3).mean())
+    assert final <= float(np.nanmin(hist.valid.values)) * (1 + 1e-9)
+
+
+def test_cropped_training_runs_and_learns(data):
+    probe = _paper_model(ps.WindowDataset(data["train"], unroll=1))
+    halo = ps.receptive_halo(probe, 1)
+    train = ps.WindowDataset(data["train"], unroll=1, crop=8, halo=halo)
+    model = _paper_model(train)
+    before = float(ps.evaluate(model, data["valid"], steps=1).rel_l2.mean())
+    ps.fit(model, train, epochs=8, progress=False)
+    after = float(ps.evaluate(model, data["valid"], steps=1).rel_l2.mean())
+    assert after < before / 3, (before, after)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(data, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(f"""
+import json, os, sys, torch, torch.distributed as dist
+import pdesurrogate as ps
+if "WORLD_SIZE" in os.environ:
+    dist.init_process_group("gloo")
+torch.set_num_threads(1)
+train = ps.WindowDataset({str(data['train'])!r}, unroll=2, dtype=torch.float64)
+model = ps.build_surrogate(hidden=10, kernel_size=5, powers=(2,), substeps=3, init="stencil", dt=train.dt,
+                           spacing=train.spacing, dtype=torch.float64)
+h = ps.fit(model, train, epochs=2, batch_size=6, curriculum=[1, 2], noise=1e-3, progress=False)
+if int(os.environ.get("RANK", 0)) == 0:
+    json.dump(list(h.loss.values), open(sys.argv[1], "w"))
+""")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                    str(script), str(tmp_path / "two.json")], check=True, env=env, capture_output=True)
+    import json
+
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    np.testing.assert_allclose(two, one, rtol=1e-6)

@@ -1,4 +1,4 @@
-"""``pdesurrogate`` command line: ``evaluate | split``, thin wrappers over the API.
+"""``pdesurrogate`` command line: ``train | evaluate | split``, thin wrappers over the API.
 
 Every failure caused by the input prints one line ``pdesurrogate: error: ...`` and exits with 2.
 """
@@ -15,9 +15,25 @@ from datagen.errors import DatagenError
 from .errors import SurrogateError
 
 EPILOG = """examples:
+  pdesurrogate train data/fisher --out runs/fisher --epochs 20
+  pdesurrogate train data/fisher --config run.toml --out runs/fisher --resume
+  torchrun --nproc-per-node 2 -m pdesurrogate train data/fisher --config run.toml --out runs/fisher
   pdesurrogate evaluate runs/fisher/model.pt data/fisher/test.h5 --steps 40
   pdesurrogate evaluate FisherNoNoise.pt data/fisher/test.h5 --published --out report.nc --plots plots/
   pdesurrogate split runs/fisher/model.pt data/fisher/test.h5 --steps 40 --plots plots/"""
+
+
+TRAIN_EPILOG = """configuration (TOML; every key optional):
+  [data]   unroll = 5, stride = 1, crop = 0 (S > 0: S x S patches with the receptive halo),
+           valid = "valid", test = "test" (split names in DATA; "" for none)
+  [model]  any build_surrogate option: hidden = 10, kernel_size = 5, powers = [2], substeps = 3,
+           integrator = "euler", init = "stencil", constraint = "moments", ... (dt, spacing,
+           boundary and fields come from the data)
+  [fit]    any fit option: epochs = 20, batch_size = 8, curriculum = [1, 3, 5], loss = "mse",
+           noise = 1e-3, lr = 1e-3, schedule = "cosine", clip = 1.0, lbfgs = 0, patience = 5, ...
+
+example:
+  pdesurrogate train data/fisher --out runs/fisher --epochs 20"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(s)
     s.add_argument("--no-lipschitz", action="store_true", help="skip the Lipschitz estimate and the bound")
+    t = sub.add_parser("train", help="train a surrogate on DATA/train.h5, validate on DATA/valid.h5, score DATA/test.h5",
+                       epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("data", help="folder written by `datagen generate --splits` (train.h5, and valid.h5 / test.h5 "
+                   "when present), or one training file")
+    t.add_argument("--config", help="TOML file with [data], [model] and [fit] tables (see below)")
+    t.add_argument("--out", default="runs/surrogate", help="folder for checkpoints and model.pt (default runs/surrogate)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.add_argument("--epochs", type=int, help="override [fit] epochs")
+    t.add_argument("--seed", type=int, help="override [fit] seed")
+    t.add_argument("--device", help="override [fit] device (auto, cpu, cuda)")
+    t.add_argument("--float64", action="store_true", help="train in float64")
+    t.add_argument("--steps", type=int, default=40, help="horizon of the final test evaluation (default 40)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -141,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pdesurrogate`` console script."""
     try:
         a = build_parser().parse_args(argv)
+        if a.cmd == "train":
+            from .train_cli import train_cmd
+
+            return train_cmd(a)
         return cmd(a)
     except (SurrogateError, DatagenError) as exc:
         print(f"pdesurrogate: error: {exc}", file=sys.stderr)

@@ -34,7 +34,7 @@ __all__ = ["fit", "window_loss", "LOSSES"]
 LOSSES = ("mse", "relative")
 SCHEDULES = (None, "none", "cosine", "plateau")
 # options that must agree between a checkpoint and the run that resumes it
-_RESUME_KEYS = ("batch_size", "unroll", "curriculum", "loss", "noise", "lr", "schedule", "clip", "seed", "dtype",
+_RESUME_KEYS = ("epochs", "batch_size", "unroll", "curriculum", "loss", "noise", "lr", "schedule", "clip", "seed", "dtype",
                 "weight_decay")
 
 
@@ -163,7 +163,8 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
         schedule: str | None = "cosine", clip: float | None = 1.0, lbfgs: int = 0, lbfgs_windows: int = 64,
         patience: int | None = None, valid_steps: int | None = None, valid_trajectories: Sequence[int] | None = None,
         checkpoint: str | os.PathLike | None = None, resume: bool = False, device: str | torch.device = "auto",
-        dtype: torch.dtype | None = None, seed: int = 0, progress: bool = True, num_workers: int = 0):
+        dtype: torch.dtype | None = None, seed: int = 0, progress: bool = True, log: bool | None = None,
+        num_workers: int = 0):
     """Train ``model`` in place on the windows of ``train``; return the history (``xarray.Dataset``).
 
     Args:
@@ -192,7 +193,8 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         dtype: train in this dtype (the model is cast in place); default the model's.
         seed: seed of the window order, the noise and the crops.
-        progress: a tqdm bar with the loss and the validation error.
+        progress: a tqdm bar per epoch with the running loss.
+        log: print one line per epoch (loss, validation error); default: as ``progress``.
         num_workers: DataLoader workers.
 
     At the end the model holds the weights of the best validation error (the last ones without
@@ -263,7 +265,7 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
 
     from tqdm.auto import tqdm
 
-    stop_reason = "epochs"
+    stop_reason = "epochs" if start < epochs else "already complete (resumed after the last epoch)"
     for epoch in range(start, epochs):
         if stale and patience is not None and stale >= patience:
             stop_reason = f"no validation gain for {patience} epochs"
@@ -319,7 +321,7 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
                 save(model, ckpt / "best.pt", provenance=train.provenance)
         elif valid is not None:
             stale += 1
-        if progress and rank == 0:
+        if (progress if log is None else log) and rank == 0:
             tqdm.write(f"epoch {epoch + 1}/{epochs}  unroll {k}  loss {total / count:.4g}"
                        + (f"  valid rel_l2({valid_steps}) {v:.4g}" if valid is not None else ""))
         if ckpt is not None and rank == 0:

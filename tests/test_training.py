@@ -198,3 +198,48 @@ if int(os.environ.get("RANK", 0)) == 0:
 
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     np.testing.assert_allclose(two, one, rtol=1e-6)
+
+
+def _cli(*args, cwd=None):
+    exe = Path(sys.executable).with_name("pdesurrogate")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def _one_line(p, match):
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pdesurrogate: error: ") and match in lines[0], p.stderr
+
+
+def test_cli_train_from_a_toml_file_and_resume(data, tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for name in ("train", "valid"):
+        (folder / f"{name}.h5").symlink_to(data[name])
+    (folder / "test.h5").symlink_to(data["valid"])
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[data]\nunroll = 2\n\n[model]\nhidden = 6\nkernel_size = 3\n\n'
+                   '[fit]\nepochs = 2\ncurriculum = [1, 2]\nbatch_size = 16\n')
+    p = _cli("train", folder, "--config", cfg, "--out", tmp_path / "run", "--steps", "4")
+    assert p.returncode == 0, p.stderr
+    assert "epoch 2/2" in p.stdout and "error split" in p.stdout and "relative L2" in p.stdout
+    model = ps.load(tmp_path / "run" / "model.pt")
+    assert model.vector_field.hidden == 6 and model.dt == pytest.approx(PAPER_DT)
+    # resuming a finished run trains nothing and says so; other options are refused
+    p = _cli("train", folder, "--config", cfg, "--out", tmp_path / "run", "--resume", "--steps", "4")
+    assert p.returncode == 0, p.stderr
+    assert "already complete" in p.stdout and "epoch 1/2" not in p.stdout
+    _one_line(_cli("train", folder, "--config", cfg, "--out", tmp_path / "run", "--resume", "--epochs", "3"),
+              "other options (epochs)")
+
+
+def test_cli_train_errors_are_one_line(data, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\ndt = 0.1\n")
+    _one_line(_cli("train", data["train"], "--config", bad), "taken from the data")
+    bad.write_text("[fit\n")
+    _one_line(_cli("train", data["train"], "--config", bad), "not valid TOML")
+    _one_line(_cli("train", tmp_path / "nothing"), "no such folder or file")
+    _one_line(_cli("train", tmp_path), "has no train.h5")
+    bad.write_text("[fit]\nlr = -1.0\n")
+    _one_line(_cli("train", data["train"], "--config", bad, "--out", tmp_path / "r"), "lr=-1.0")

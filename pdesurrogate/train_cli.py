@@ -1,0 +1,152 @@
+"""``pdesurrogate train``: a TOML run description -> WindowDataset, build_surrogate, fit, evaluate.
+
+Under ``torchrun`` (``WORLD_SIZE`` set) the process group is initialised here (NCCL on CUDA,
+gloo otherwise) and :func:`pdesurrogate.fit` splits every batch across the processes; only rank
+0 writes files and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import SurrogateError
+
+DATA_KEYS = {"unroll": 5, "stride": 1, "crop": 0, "valid": "valid", "test": "test"}
+MODEL_DEFAULTS = {"hidden": 10, "kernel_size": 5, "powers": [2], "substeps": 3, "init": "stencil"}
+FIT_DEFAULTS = {"epochs": 20, "batch_size": 8, "curriculum": [1, 3, 5], "noise": 1e-3, "lr": 1e-3}
+FROM_DATA = ("dt", "spacing", "boundary", "boundary_value", "fields")
+
+
+def read_config(path: str | None) -> dict[str, dict[str, Any]]:
+    """The run's ``data``, ``model`` and ``fit`` tables, defaults filled in and keys checked."""
+    import tomllib
+
+    from .model import SurrogateConfig
+    from .training import fit
+
+    raw: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise SurrogateError(f"--config {path}: no such file")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise SurrogateError(f"--config {path} is not valid TOML ({exc})") from None
+    unknown = set(raw) - {"data", "model", "fit"}
+    if unknown:
+        raise SurrogateError(f"--config {path}: unknown table(s) {sorted(unknown)}; use [data], [model], [fit]")
+    model_keys = set(SurrogateConfig.__dataclass_fields__) - set(FROM_DATA)
+    fit_keys = set(inspect.signature(fit).parameters) - {"model", "train", "valid", "checkpoint", "resume", "progress",
+                                                          "log"}
+    out = {}
+    for table, allowed, defaults in (("data", set(DATA_KEYS), DATA_KEYS), ("model", model_keys, MODEL_DEFAULTS),
+                                     ("fit", fit_keys, FIT_DEFAULTS)):
+        given = raw.get(table, {})
+        if not isinstance(given, dict):
+            raise SurrogateError(f"--config {path}: [{table}] must be a table")
+        bad = set(given) - allowed
+        if bad:
+            hint = " (taken from the data)" if bad & set(FROM_DATA) else ""
+            raise SurrogateError(f"--config {path}: unknown [{table}] key(s) {sorted(bad)}{hint}; "
+                                 f"allowed: {', '.join(sorted(allowed))}")
+        out[table] = {**defaults, **given}
+    return out
+
+
+def _split_file(data: Path, name: str) -> Path | None:
+    if not name:
+        return None
+    f = data / f"{name}.h5"
+    return f if f.exists() else None
+
+
+def train_cmd(a: argparse.Namespace) -> int:
+    """Run ``pdesurrogate train``."""
+    import torch
+
+    from . import evaluation
+    from .data import WindowDataset, receptive_halo
+    from .model import build_surrogate, save
+    from .training import fit
+
+    cfg = read_config(a.config)
+    for key in ("epochs", "seed", "device"):
+        if getattr(a, key) is not None:
+            cfg["fit"][key] = getattr(a, key)
+    if a.float64:
+        cfg["fit"]["dtype"] = "float64"
+    if isinstance(cfg["fit"].get("dtype"), str):
+        name = cfg["fit"]["dtype"]
+        if name not in ("float32", "float64"):
+            raise SurrogateError(f"[fit] dtype = {name!r}: use float32 or float64")
+        cfg["fit"]["dtype"] = getattr(torch, name)
+    data = Path(a.data)
+    if data.is_dir():
+        train_file = data / "train.h5"
+        if not train_file.exists():
+            raise SurrogateError(f"{data} has no train.h5; generate one with `datagen generate ... --splits "
+                                 "train=64,valid=16,test=16 --out {data}`")
+        valid_file, test_file = _split_file(data, cfg["data"]["valid"]), _split_file(data, cfg["data"]["test"])
+    elif data.is_file():
+        train_file, valid_file, test_file = data, None, None
+    else:
+        raise SurrogateError(f"{data}: no such folder or file")
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            cfg["fit"].setdefault("device", f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+
+    d = cfg["data"]
+    probe = WindowDataset(train_file, unroll=int(d["unroll"]), stride=int(d["stride"]))
+    mcfg = {**cfg["model"], "dt": probe.dt, "spacing": probe.spacing, "boundary": probe.boundary,
+            "boundary_value": probe.grid.boundary_value, "fields": len(probe.fields)}
+    model = build_surrogate(**mcfg)
+    steps_max = max(cfg["fit"].get("curriculum") or [cfg["fit"].get("unroll") or probe.unroll])
+    train = probe
+    if d["crop"]:
+        train = WindowDataset(train_file, unroll=int(d["unroll"]), stride=int(d["stride"]), crop=int(d["crop"]),
+                              halo=receptive_halo(model, steps_max), seed=int(cfg["fit"].get("seed", 0)))
+    out = Path(a.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = {"data": {**d, "path": str(train_file)}, "model": mcfg,
+                    "fit": {k: (str(v) if k == "dtype" else v) for k, v in cfg["fit"].items()}}
+        (out / "run.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        print(f"training on {train_file} ({len(train)} windows), "
+              f"validating on {valid_file or 'nothing'}; checkpoints in {out}", flush=True)
+    progress = not a.quiet and sys.stderr.isatty()
+    hist = fit(model, train, valid_file, checkpoint=out, resume=a.resume, progress=progress, log=not a.quiet,
+               **cfg["fit"])
+    if rank != 0:
+        return 0
+    path = save(model, out / "model.pt", provenance=probe.provenance)
+    print(f"wrote {path} (epochs {len(hist.epoch)}, best validation rel_l2 {hist.attrs['best_valid']:.4g}; "
+          f"stopped: {hist.attrs['stopped']})")
+    if test_file is not None:
+        import pandas as pd
+
+        hs = sorted({h for h in (1, 10, a.steps) if 1 <= h <= a.steps})
+        rep = evaluation.evaluate(model, test_file, steps=a.steps)
+        split = evaluation.error_split(model, test_file, steps=a.steps)
+        table = evaluation.summarize(rep, hs).loc["rel_l2"]
+        keys = ["total", "approximation", "optimisation", "stability_bound"]
+        with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
+            print(f"\nrelative L2 error on {test_file} (over {rep.sizes['trajectory']} trajectories):")
+            print(table.to_string())
+            print(f"\nerror split (witness: {split.attrs['witness']}), means over trajectories:")
+            print(split[keys].sel(step=hs).mean("trajectory").to_dataframe()[keys].to_string())
+    return 0

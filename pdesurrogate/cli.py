@@ -24,12 +24,12 @@ EPILOG = """examples:
 
 
 TRAIN_EPILOG = """configuration (TOML; every key optional):
-  [data]   unroll = 5, stride = 1, crop = 0 (S > 0: S x S patches with the receptive halo),
+  [data]   unroll = 3, stride = 1, crop = 0 (S > 0: S x S patches with the receptive halo),
            valid = "valid", test = "test" (split names in DATA; "" for none)
   [model]  any build_surrogate option: hidden = 10, kernel_size = 5, powers = [2], substeps = 3,
            integrator = "euler", init = "stencil", constraint = "moments", ... (dt, spacing,
            boundary and fields come from the data)
-  [fit]    any fit option: epochs = 20, batch_size = 8, curriculum = [1, 3, 5], loss = "mse",
+  [fit]    any fit option: epochs = 10, batch_size = 4, curriculum = [1, 2, 3], loss = "mse",
            noise = 1e-3, lr = 1e-3, schedule = "cosine", clip = 1.0, lbfgs = 0, patience = 5, ...
 
 example:

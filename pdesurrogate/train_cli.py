@@ -17,9 +17,9 @@ from typing import Any
 
 from .errors import SurrogateError
 
-DATA_KEYS = {"unroll": 5, "stride": 1, "crop": 0, "valid": "valid", "test": "test"}
+DATA_KEYS = {"unroll": 3, "stride": 1, "crop": 0, "valid": "valid", "test": "test"}
 MODEL_DEFAULTS = {"hidden": 10, "kernel_size": 5, "powers": [2], "substeps": 3, "init": "stencil"}
-FIT_DEFAULTS = {"epochs": 20, "batch_size": 8, "curriculum": [1, 3, 5], "noise": 1e-3, "lr": 1e-3}
+FIT_DEFAULTS = {"epochs": 10, "batch_size": 4, "curriculum": [1, 2, 3], "noise": 1e-3, "lr": 1e-3}
 FROM_DATA = ("dt", "spacing", "boundary", "boundary_value", "fields")
 
 

@@ -1,0 +1,131 @@
+"""Training throughput of the paper's network: window-steps per second, side by side.
+
+One training iteration is ``window_loss`` over a batch of windows unrolled ``k`` steps, its
+backward pass and an Adam step: the paper network (1 -> 10 -> 1 channels, 5x5 kernels, relu^2,
+3 Euler substeps) at 100 x 100 on the default Fisher family, float32 unless named. Cases:
+
+* ``eager, torch backward``: torch's own ``convolution_backward`` for every gradient;
+* ``eager`` (what ``fit`` uses): periodic convolutions take their input gradient as a forward
+  correlation with the adjoint kernel;
+* ``torch.compile``: the same model compiled (compile time reported apart, not in the median);
+* ``float64``: for scale;
+* ``crop``: ``S x S`` targets with the receptive halo, stepped with unpadded convolutions (its
+  windows are smaller: compare target cells per second).
+
+    python benchmarks/train.py [--batch 8] [--unroll 5] [--quick] [--no-compile] [--device auto]
+
+Prints a table of medians and ratios and writes benchmarks/results/train.json. Run with
+MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+_HERE = str(Path(__file__).resolve().parent)
+sys.path = [p for p in sys.path if p not in ("", _HERE)]
+import datagen  # noqa: E402
+import pdesurrogate as ps  # noqa: E402
+from pdesurrogate import stencil_conv  # noqa: E402
+from pdesurrogate.training import window_loss  # noqa: E402
+
+sys.path.append(_HERE)
+from _common import machine, median_time, table, write_json  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8, help="windows per batch (default 8)")
+    ap.add_argument("--unroll", type=int, default=5, help="unrolled steps (default 5)")
+    ap.add_argument("--crop", type=int, default=24, help="target patch of the crop case (unroll 1; default 24)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile takes a minute here)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    a = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if a.device == "auto" else a.device))
+    repeats = 3 if a.quick else 7
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = datagen.GenerationConfig(pde="fisher", steps=max(a.unroll, 1) + 2, split="train",
+                                       n_trajectories=a.batch, seed=3)
+        path = datagen.generate(cfg, Path(tmp) / "train.h5")
+        full = ps.WindowDataset(path, unroll=a.unroll)
+        one = ps.WindowDataset(path, unroll=1)
+
+        def build(dtype=torch.float32):
+            return ps.build_surrogate(hidden=10, kernel_size=5, powers=(2,), substeps=3, init="stencil", dt=full.dt,
+                                      spacing=full.spacing, boundary=full.boundary, dtype=dtype).to(dev)
+
+        def batch(ds, dtype=torch.float32):
+            return torch.stack([ds[i] for i in range(a.batch)]).to(dev, dtype)
+
+        def iteration(model, windows, k, crop=None):
+            opt = torch.optim.Adam(model.parameters(), lr=1e-6)
+
+            def run():
+                opt.zero_grad()
+                window_loss(model, windows, k, crop=crop).mean().backward()
+                opt.step()
+                sync()
+            return run
+
+        halo = ps.receptive_halo(build(), 1)
+        cropped = ps.WindowDataset(path, unroll=1, crop=a.crop, halo=halo)
+        cases = {}
+        w32, w64 = batch(full), batch(full, torch.float64)
+        stencil_conv.ADJOINT_INPUT_GRAD = False
+        cases["eager, torch backward"] = (iteration(build(), w32, a.unroll), a.unroll, 100 * 100)
+        t = median_time(cases["eager, torch backward"][0], repeats=repeats, warmup=1, budget=30)
+        times = {"eager, torch backward": t}
+        stencil_conv.ADJOINT_INPUT_GRAD = True
+        cases["eager"] = (iteration(build(), w32, a.unroll), a.unroll, 100 * 100)
+        cases["float64"] = (iteration(build(torch.float64), w64, a.unroll), a.unroll, 100 * 100)
+        cases["eager, unroll 1"] = (iteration(build(), batch(one), 1), 1, 100 * 100)
+        cases[f"crop {a.crop} + halo {halo}, unroll 1"] = (iteration(build(), batch(cropped), 1, crop=a.crop), 1,
+                                                          a.crop * a.crop)
+        compile_s = None
+        if not a.no_compile:
+            m = build()
+            m.vector_field = torch.compile(m.vector_field)
+            t0 = time.perf_counter()
+            run = iteration(m, w32, a.unroll)
+            run()
+            compile_s = time.perf_counter() - t0
+            cases["torch.compile"] = (run, a.unroll, 100 * 100)
+        for name, (fn, _, _) in cases.items():
+            if name not in times:
+                times[name] = median_time(fn, repeats=repeats, warmup=1, budget=30)
+    base = times["eager, torch backward"]
+    rows = []
+    for name, (_, k, cells) in cases.items():
+        ws = a.batch * k / times[name]
+        rows.append({"case": name, "seconds": times[name], "window_steps": ws, "cells": ws * cells,
+                     "speedup": (a.batch * k * cells / times[name]) / (a.batch * a.unroll * 100 * 100 / base)})
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"paper network, batch {a.batch}, 100^2, {where}; one iteration = loss over k steps + backward + Adam")
+    print(table(rows, [("case", "case", "s"), ("seconds", "median s / iteration", ".3f"),
+                       ("window_steps", "window-steps/s", ".1f"), ("cells", "target cell-steps/s", ".3g"),
+                       ("speedup", "x torch backward (cells)", ".2f")]))
+    if compile_s is not None:
+        print(f"torch.compile: first iteration (compile) {compile_s:.1f} s")
+    env = {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+    out = write_json("train", {"machine": machine(), "torch": torch.__version__, "device": where, "batch": a.batch,
+                               "unroll": a.unroll, "env": env, "compile_seconds": compile_s, "rows": rows})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

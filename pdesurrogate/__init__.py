@@ -8,7 +8,7 @@ from .data import WindowDataset, receptive_halo
 from .diagnostics import effective_stencil, fd_stencil, stencil_distance
 from .errors import SurrogateError
 from .evaluation import default_witness, error_split, evaluate, lipschitz_estimate, summarize, witness_in_class
-from .exact import exact_channels, exact_surrogate
+from .exact import embed, exact_channels, exact_surrogate
 from .integrators import INTEGRATORS
 from .model import Surrogate, SurrogateConfig, build_surrogate, load, save
 from .published import KEY_MAP, load_published, published_config
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PowerReLU", "signed_power", "effective_stencil", "fd_stencil", "stencil_distance", "SurrogateError",
-    "exact_channels", "exact_surrogate", "INTEGRATORS", "Surrogate", "SurrogateConfig", "build_surrogate",
+    "exact_channels", "exact_surrogate", "embed", "INTEGRATORS", "Surrogate", "SurrogateConfig", "build_surrogate",
     "load", "save", "KEY_MAP", "load_published", "published_config", "BoundaryPad", "StencilConv2d",
     "ConvVectorField", "evaluate", "summarize", "error_split", "default_witness", "witness_in_class",
     "lipschitz_estimate", "WindowDataset", "receptive_halo", "fit", "window_loss", "__version__",

@@ -347,3 +347,49 @@ def exact_surrogate(pde: PDE, grid: Grid, dt: float, substeps: int = 1, accuracy
                   "powers": sorted({ch.power for ch in channels}), "modified_equation": int(modified_equation),
                   "k2_derivatives": bool(k2_derivatives), "dropped": spec["dropped"]}
     return model
+
+
+@torch.no_grad()
+def embed(witness: Surrogate, into: Surrogate) -> Surrogate:
+    """Copy ``witness`` into the first hidden channels of ``into`` (in place) and return ``into``.
+
+    Kernels are zero-padded to ``into``'s sizes; the other channels keep what they had (with
+    ``init="stencil"``: stencils in K1 and zero K2, so they add nothing yet still get gradients).
+    The result computes the witness's step exactly; training can start from it. Needs a witness
+    in ``into``'s class with its channels' powers in the same order (see
+    :func:`pdesurrogate.witness_in_class`).
+    """
+    from .evaluation import witness_in_class
+
+    ok, why = witness_in_class(witness, into)
+    if not ok:
+        raise SurrogateError(f"the witness is not in the target's class: {why}")
+    a, b = witness.vector_field, into.vector_field
+    n = a.hidden
+    pa, pb = list(a.act.powers), (list(b.act.powers) * b.hidden)[: b.hidden]
+    if pa != pb[:n]:
+        raise SurrogateError(f"the witness's channel powers {pa} differ from the target's first {n}: {pb[:n]}")
+    for src, dst, sl in ((a.conv1, b.conv1, (slice(0, n), slice(None))), (a.conv2, b.conv2, (slice(None), slice(0, n)))):
+        k, K = src.kernel_size, dst.kernel_size
+        p = (K - k) // 2
+        w = torch.zeros_like(dst.weight[sl])
+        w[..., p: p + k, p: p + k] = src.weight.to(w.dtype)
+        if parametrize_is(dst):
+            raise SurrogateError("embed into an unconstrained model (constraints reparametrise the weights)")
+        dst.weight[sl] = w
+        dst.kernel_scale[sl] = src.kernel_scale
+        if dst.bias is not None:
+            bias = src.bias.to(dst.bias.dtype) if src.bias is not None else torch.zeros(src.out_channels)
+            scale = src.bias_scale if src.bias is not None else torch.ones(src.out_channels, dtype=torch.float64)
+            if dst is b.conv1:
+                dst.bias[:n], dst.bias_scale[:n] = bias, scale
+            else:
+                dst.bias[:], dst.bias_scale[:] = bias, scale
+    into.info = {**into.info, "embedded": {k: v for k, v in witness.info.items() if k != "pde"}}
+    return into
+
+
+def parametrize_is(conv) -> bool:
+    from torch.nn.utils import parametrize
+
+    return parametrize.is_parametrized(conv, "weight")

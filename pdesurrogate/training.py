@@ -172,7 +172,7 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
         train: a :class:`WindowDataset`.
         valid: a :class:`WindowDataset` or datagen file scored by :func:`pdesurrogate.evaluate`
             after every epoch (mean ``rel_l2`` at ``valid_steps``, default: every stored step).
-        epochs: passes over the training windows.
+        epochs: passes over the training windows (0: L-BFGS only, from the model as given).
         batch_size: windows per (global) batch.
         unroll: steps per window in the loss (default: the dataset's ``unroll``).
         curriculum: unroll lengths for equal shares of the epochs, e.g. ``[1, 3, 5]``.
@@ -208,9 +208,11 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
         raise SurrogateError(f"curriculum {curriculum} must hold positive step counts")
     steps_max = max(int(k) for k in curriculum)
     _check(model, train, steps_max, loss, schedule)
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(v, int) or v < 1:
-            raise SurrogateError(f"{name}={v!r} must be a positive integer")
+    for name, v, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
+        if not isinstance(v, int) or v < low:
+            raise SurrogateError(f"{name}={v!r} must be an integer >= {low}")
+    if epochs == 0 and not lbfgs:
+        raise SurrogateError("epochs=0 trains nothing: give epochs >= 1 or lbfgs= iterations")
     for name, v in (("lr", lr), ("noise", noise), ("weight_decay", weight_decay)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise SurrogateError(f"{name}={v!r} must be a finite non-negative number")
@@ -266,6 +268,12 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
     from tqdm.auto import tqdm
 
     stop_reason = "epochs" if start < epochs else "already complete (resumed after the last epoch)"
+    if epochs == 0:
+        stop_reason = "L-BFGS only"
+        if valid is not None:  # the starting point is the one to beat
+            model.eval()
+            best = _valid_error(model, valid_src, valid_steps, valid_trajectories, dev, dtype)
+            best_state = {n: t.detach().cpu().clone() for n, t in model.state_dict().items()}
     for epoch in range(start, epochs):
         if stale and patience is not None and stale >= patience:
             stop_reason = f"no validation gain for {patience} epochs"

@@ -243,3 +243,20 @@ def test_cli_train_errors_are_one_line(data, tmp_path):
     _one_line(_cli("train", tmp_path), "has no train.h5")
     bad.write_text("[fit]\nlr = -1.0\n")
     _one_line(_cli("train", data["train"], "--config", bad, "--out", tmp_path / "r"), "lr=-1.0")
+
+
+def test_embed_copies_a_witness_exactly_and_lbfgs_can_start_from_it(data):
+    one = ps.WindowDataset(data["train"], unroll=1, dtype=torch.float64)
+    w = ps.exact_surrogate(catalogue.fisher(), one.grid, one.dt, substeps=3, powers=(2,), modified_equation=1,
+                           accuracy="max", kernel_size=5, k2_derivatives=True, truncate=True, dtype=torch.float64)
+    model = ps.embed(w, _paper_model(one, dtype=torch.float64))
+    u = torch.rand(2, 1, 32, 32, dtype=torch.float64)
+    assert torch.equal(model(u), w(u))
+    start = float(ps.evaluate(model, data["valid"], steps=5).rel_l2.sel(step=5).mean())
+    hist = ps.fit(model, one, data["valid"], epochs=0, lbfgs=5, lbfgs_windows=16, valid_steps=5, progress=False)
+    after = float(ps.evaluate(model, data["valid"], steps=5).rel_l2.sel(step=5).mean())
+    assert hist.attrs["stopped"] == "L-BFGS only" and after <= start * (1 + 1e-9)
+    with pytest.raises(ps.SurrogateError, match="not in the target's class"):
+        ps.embed(w, ps.build_surrogate(hidden=4, kernel_size=5, powers=(2,), substeps=3, dt=one.dt))
+    with pytest.raises(ps.SurrogateError, match="epochs=0 trains nothing"):
+        ps.fit(model, one, epochs=0, progress=False)

@@ -1,0 +1,136 @@
+"""The Fisher and heat experiments of "Predictions based on pixel data" (arXiv 2305.00723), redone.
+
+The paper's setting: 100 x 100 periodic unit square, a = 0.01, dt = 0.24 dx^2/a, sin-cos initial
+data, 40 steps, 30 test trajectories; training data from datagen's accurate reference solver
+(spectral ETDRK4). For each PDE, on the same test trajectories:
+
+* the published weights (when the anchors folder is present);
+* the paper's architecture trained from finite-difference stencils by Adam (``init="stencil"``,
+  curriculum 1-2-3, float32): the paper's recipe;
+* the finite-difference witness (the exact network of the Euler x 3 five-point scheme, in the
+  paper's class), as is and polished by L-BFGS (float64, one-step windows): training that starts
+  from the FD stencils with no hand-built corrections;
+* the modified-equation witness (``exact_surrogate(..., modified_equation=1)``, in the class), as
+  is and polished by L-BFGS.
+
+    python benchmarks/paper.py [--published DIR] [--pde fisher,heat] [--lbfgs 100] [--epochs 10] [--quick]
+
+Prints mse, max error and relative L2 (means over the test trajectories) at steps 1, 10, 20, 40
+with each case's training time, and writes benchmarks/results/paper.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+_HERE = str(Path(__file__).resolve().parent)
+sys.path = [p for p in sys.path if p not in ("", _HERE)]
+import datagen  # noqa: E402
+import pdesurrogate as ps  # noqa: E402
+
+sys.path.append(_HERE)
+from _common import machine, table, write_json  # noqa: E402
+
+DEFAULT_PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "predicting-pixel-data"
+HORIZONS = (1, 10, 20, 40)
+ARCH = {"fisher": dict(hidden=10, kernel_size=5, powers=(2,), substeps=3),
+        "heat": dict(hidden=2, kernel_size=5, powers=(1,), substeps=3, bias2=False)}
+PUBLISHED = {"fisher": "FisherNoNoise.pt", "heat": "HeatNoNoise.pt"}
+
+
+def scores(model, test, steps) -> dict[str, float]:
+    rep = ps.evaluate(model, test, steps=steps)
+    hs = [h for h in HORIZONS if h <= steps]
+    out = {}
+    for h in hs:
+        for k in ("mse", "max_error", "rel_l2"):
+            out[f"{k}@{h}"] = float(rep[k].sel(step=h).mean())
+    return out
+
+
+def run_pde(name: str, folder: Path, a: argparse.Namespace, published: Path) -> list[dict]:
+    steps = 40
+    cfg = datagen.GenerationConfig(pde=name, steps=steps, seed=2305)
+    n = {"train": a.train, "valid": 8, "test": a.test}
+    datagen.generate_splits(cfg, n, folder / name, overwrite=True)
+    train_f, valid_f, test_f = (folder / name / f"{s}.h5" for s in ("train", "valid", "test"))
+    train = ps.WindowDataset(train_f, unroll=3)
+    pde, grid = train.pde, train.grid
+    arch = {**ARCH[name], "dt": train.dt, "spacing": train.spacing, "boundary": train.boundary}
+    rows = []
+
+    def add(case, model, seconds=None, note=""):
+        rows.append({"pde": name, "case": case, "train_s": seconds, "note": note, **scores(model, test_f, steps)})
+        print(f"  {case}: rel_l2@40 {rows[-1]['rel_l2@40']:.3g}" + (f" ({seconds:.0f} s)" if seconds else ""),
+              flush=True)
+
+    pub = published / PUBLISHED[name]
+    if pub.exists():
+        add(f"published {pub.stem}", ps.load_published(pub))
+    model = ps.build_surrogate(**arch, init="stencil")
+    t0 = time.perf_counter()
+    ps.fit(model, train, valid_f, epochs=a.epochs, batch_size=4, curriculum=[1, 2, 3], noise=1e-3, progress=False)
+    add("init=stencil + Adam (paper recipe)", model, time.perf_counter() - t0, f"{a.epochs} epochs, float32")
+
+    one = ps.WindowDataset(train_f, unroll=1, dtype=torch.float64)
+    powers = ARCH[name]["powers"]
+    witnesses = {
+        "FD witness": ps.exact_surrogate(pde, grid, train.dt, substeps=3, powers=powers, dtype=torch.float64),
+        "modified-equation witness": ps.exact_surrogate(pde, grid, train.dt, substeps=3, powers=powers,
+                                                        modified_equation=1, accuracy="max", kernel_size=5,
+                                                        k2_derivatives=name == "fisher", truncate=True,
+                                                        dtype=torch.float64),
+    }
+    for wname, w in witnesses.items():
+        start = ps.embed(w, ps.build_surrogate(**arch, init="stencil", dtype=torch.float64))
+        add(wname, start, note=f"{w.vector_field.hidden} of {arch['hidden']} channels")
+        t0 = time.perf_counter()
+        hist = ps.fit(start, one, valid_f, epochs=0, lbfgs=a.lbfgs, lbfgs_windows=64, progress=False)
+        kept = "kept" if hist.attrs.get("lbfgs_kept") else "rejected (validation got worse)"
+        add(f"{wname} + L-BFGS", start, time.perf_counter() - t0,
+            f"{a.lbfgs} iterations, 64 one-step windows, float64; {kept}")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--published", default=os.environ.get("PDESURROGATE_PUBLISHED", str(DEFAULT_PUBLISHED)),
+                    help="folder with the published weights (default ../shared/anchors/predicting-pixel-data)")
+    ap.add_argument("--pde", default="fisher,heat", help="which experiments (default fisher,heat)")
+    ap.add_argument("--train", type=int, default=64, help="training trajectories (default 64)")
+    ap.add_argument("--test", type=int, default=30, help="test trajectories (default 30, as in the paper)")
+    ap.add_argument("--epochs", type=int, default=10, help="Adam epochs of the paper recipe (default 10)")
+    ap.add_argument("--lbfgs", type=int, default=100, help="L-BFGS iterations from each witness (default 100)")
+    ap.add_argument("--quick", action="store_true", help="8 training and 8 test trajectories, 2 epochs, 10 L-BFGS")
+    a = ap.parse_args()
+    if a.quick:
+        a.train, a.test, a.epochs, a.lbfgs = 8, 8, 2, 10
+    torch.set_num_threads(os.cpu_count() or 1)
+    published = Path(a.published)
+    if not published.exists():
+        print(f"note: {published} not found; the published weights are skipped")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in a.pde.split(","):
+            print(f"{name}:", flush=True)
+            rows += run_pde(name.strip(), Path(tmp), a, published)
+    cols = [("pde", "pde", "s"), ("case", "case", "s")]
+    for h in HORIZONS:
+        cols.append((f"rel_l2@{h}", f"rE({h})", ".3g"))
+    cols += [("mse@40", "mse(40)", ".2e"), ("max_error@40", "max(40)", ".2e"), ("train_s", "train s", ".0f"),
+             ("note", "note", "s")]
+    print(f"\n{a.test} test trajectories, means; CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(table(rows, cols))
+    out = write_json("paper", {"machine": machine(), "torch": torch.__version__, "args": vars(a), "rows": rows})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

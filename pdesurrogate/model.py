@@ -262,10 +262,10 @@ def _stencil_init(vf: ConvVectorField, cfg: SurrogateConfig) -> None:
     powers = vf.act.powers if hasattr(vf.act, "powers") else [1] * cfg.hidden
     p = torch.as_tensor([float(q) for q in powers], dtype=torch.float64)
     if conv1.bias is not None:
-        # relu^p channels start shifted by one grid unit: (z + 1)^p = 1 + p z + ..., so K2 sees
-        # linear features of every stencil from the first step (at zero shift the gradient of
-        # K2 sees only z^p, and linear terms such as a Lap u are learned slowly)
-        conv1.bias.copy_((p >= 2).to(conv1.bias.dtype))
+        # channels start shifted by one grid unit: relu(z + 1)^p = 1 + p z + ... while z > -1, so
+        # K2 sees linear features of every stencil from the first step (at zero shift relu^p
+        # gives K2 only z^p or a one-sided z, and linear terms such as a Lap u are learned slowly)
+        conv1.bias.fill_(1.0)
     vf.conv2.kernel_scale.copy_((1.0 / (cfg.dt * s1 ** p)).expand_as(vf.conv2.kernel_scale))
     vf.conv2.bias_scale.fill_(1.0 / cfg.dt)
 

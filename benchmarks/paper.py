@@ -126,9 +126,11 @@ def main() -> None:
         cols.append((f"rel_l2@{h}", f"rE({h})", ".3g"))
     cols += [("mse@40", "mse(40)", ".2e"), ("max_error@40", "max(40)", ".2e"), ("train_s", "train s", ".0f"),
              ("note", "note", "s")]
-    print(f"\n{a.test} test trajectories, means; CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n{a.test} test trajectories, means; training on {where}, torch {torch.__version__}")
     print(table(rows, cols))
-    out = write_json("paper", {"machine": machine(), "torch": torch.__version__, "args": vars(a), "rows": rows})
+    out = write_json("paper", {"machine": machine(), "device": where, "torch": torch.__version__, "args": vars(a),
+                               "rows": rows})
     print(f"wrote {out}")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -53,6 +54,8 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
         vals = tuple(float(p) for p in text.split(","))
     except ValueError:
         raise DatagenError(f"{what} {text!r} must be numbers separated by commas") from None
+    if not all(math.isfinite(v) for v in vals):
+        raise DatagenError(f"{what} {text!r} must be finite numbers")
     return vals
 
 
@@ -135,8 +138,18 @@ def cmd_generate(a: argparse.Namespace) -> int:
     if not a.pde:
         raise DatagenError("name a PDE (see `datagen list`) or pass --from FILE")
     catalogue.get(a.pde)
-    splits = {}
-    for k, v in _pairs([a.splits], "split").items():
+    from .generate import check_split_name
+
+    splits: dict[str, int] = {}
+    for part in a.splits.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise DatagenError(f"split {part!r} must look like name=count, e.g. train=64")
+        k, v = (x.strip() for x in part.split("=", 1))
+        check_split_name(k)
+        if k in splits:
+            raise DatagenError(f"split {k!r} is given twice in --splits {a.splits!r}")
         try:
             splits[k] = int(v)
         except ValueError:

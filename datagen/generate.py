@@ -82,12 +82,22 @@ class GenerationConfig:
     rtol: float = 1e-8
     atol: float = 1e-10
 
+    def __post_init__(self) -> None:
+        check_split_name(self.split)
+
     def resolve(self) -> "GenerationConfig":
         """A copy with every default made explicit and every value checked."""
         entry = catalogue.get(self.pde)
         pde = catalogue.make_pde(self.pde, dict(self.params))
         params = {k: float(v) for k, v in pde.parameters.items()}
+        bad = [f"{k}={v}" for k, v in params.items() if not math.isfinite(v)]
+        if bad:
+            raise DatagenError(f"parameter {bad[0]} must be a finite number")
         g = dict(self.grid)
+        bv = np.atleast_1d(np.asarray(g.get("boundary_value", 0.0), dtype=float)) if g.get("boundary_value") \
+            is not None else np.zeros(1)
+        if not np.all(np.isfinite(bv)):
+            raise DatagenError(f"boundary value {g.get('boundary_value')} must be finite")
         grid = Grid.from_dict(g)
         for name in ("steps", "n_trajectories", "batch_size"):
             v = getattr(self, name)
@@ -152,6 +162,17 @@ class GenerationConfig:
         if unknown:
             raise DatagenError(f"unknown generation option(s) {sorted(unknown)}")
         return cls(**d)
+
+
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check_split_name(name: Any) -> str:
+    """``name`` if it is a valid split name (letters, digits, ``_`` and ``-``: it becomes a file name)."""
+    if not isinstance(name, str) or not _SPLIT_NAME.fullmatch(name):
+        raise DatagenError(f"split name {name!r} must be letters, digits, '_' or '-' (it names the file "
+                           "<split>.h5 in the output folder)")
+    return name
 
 
 def trajectory_rng(seed: int, split: str, index: int) -> np.random.Generator:

@@ -220,6 +220,8 @@ def make_sampler(spec: Mapping[str, Any] | Sampler) -> Sampler:
         default = next(f.default for f in fields(cls) if f.name == k)
         try:
             clean[k] = int(v) if isinstance(default, int) and not isinstance(default, bool) else float(v)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise DatagenError(f"initial condition parameter {k}={v!r} is not a number") from None
+        if not np.isfinite(clean[k]):
+            raise DatagenError(f"initial condition parameter {k}={v!r} must be a finite number")
     return cls(**clean)

@@ -231,3 +231,40 @@ def test_memory_stays_bounded_as_datasets_grow(tmp_path):
     (small_self, small_child), (big_self, big_child) = peaks
     assert big_self - small_self < 40e6, peaks  # far less than the 160 MB the larger one adds
     assert big_child - small_child < 40e6, peaks
+
+
+@pytest.mark.parametrize("splits, match", [
+    ("../../escape=1", "split name '../../escape'"),
+    ("a/b=1", "split name 'a/b'"),
+    ("train=2,train=3", "given twice"),
+])
+def test_split_names_are_identifiers(tmp_path, splits, match):
+    p = run("generate", "fisher", "--out", tmp_path / "out", "--splits", splits, *SMALL, check=False)
+    assert_one_line_error(p, match)
+    assert not (tmp_path / "escape.h5").exists() and not list(tmp_path.rglob("*.h5"))
+
+
+def test_a_crafted_provenance_cannot_write_outside_out(tmp_path):
+    import h5py
+    import json as _json
+
+    run("generate", "fisher", "--out", tmp_path / "a", "--splits", "train=1", *SMALL)
+    f = tmp_path / "a" / "train.h5"
+    with h5py.File(f, "r+") as h:
+        prov = _json.loads(h.attrs["provenance"])
+        prov["config"]["split"] = "../../evil"
+        h.attrs["provenance"] = _json.dumps(prov)
+    p = run("generate", "--from", f, "--out", tmp_path / "b" / "c", check=False)
+    assert_one_line_error(p, "split name '../../evil'")
+    assert not list(tmp_path.rglob("evil*"))
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--param", "a=nan"], "not a finite number"),
+    (["--boundary-value", "nan"], "must be finite numbers"),
+    (["--ic-param", "amplitude=inf"], "must be a finite number"),
+])
+def test_non_finite_parameters_are_refused_before_solving(tmp_path, args, match):
+    p = run("generate", "fisher", "--out", tmp_path / "o", "--splits", "train=1", *SMALL, *args, check=False)
+    assert_one_line_error(p, match)
+    assert not list(tmp_path.rglob("*.h5"))

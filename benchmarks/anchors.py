@@ -1,7 +1,9 @@
 """The published baseline networks next to the exact network and the reference solver.
 
 "Predictions based on pixel data" (Celledoni, Jackaman, Murari, Owren; arXiv 2305.00723)
-published trained weights for Fisher and heat (../shared/anchors/predicting-pixel-data). On 30
+published trained weights for Fisher and heat (the authors' repository, MIT licence; here read from
+a folder given by --published, the PDESURROGATE_PUBLISHED environment variable, or
+../shared/anchors/predicting-pixel-data beside this repository). On 30
 seeded initial conditions of the paper's sin*cos family (k in 5..8 for Fisher, 5..7 for heat),
 this script rolls out 40 steps of dt = 0.24 dx^2/a on the 100 x 100 periodic grid with:
 
@@ -13,13 +15,15 @@ and reports the relative L2 error against an accurate solution of the PDE (datag
 path, spectral ETDRK4) at steps 1, 10 and 40 (median and max over the 30 trajectories, and the
 mean at step 40).
 
-    python benchmarks/anchors.py
+    python benchmarks/anchors.py [--published DIR]
 
 Prints a table and writes benchmarks/results/anchors.json.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +38,7 @@ import pdesurrogate as ps  # noqa: E402
 sys.path.append(_HERE)
 from _common import machine, table, write_json  # noqa: E402
 
-ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "predicting-pixel-data"
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "predicting-pixel-data"
 N_TRAJ, STEPS, HORIZONS = 30, 40, (1, 10, 40)
 
 
@@ -46,8 +50,13 @@ def rel_errors(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--published", default=os.environ.get("PDESURROGATE_PUBLISHED", str(DEFAULT)),
+                    help="folder with FisherNoNoise.pt, HeatNoNoise.pt, ... (default: $PDESURROGATE_PUBLISHED or "
+                         "../shared/anchors/predicting-pixel-data)")
+    ANCHORS = Path(ap.parse_args().published)
     if not ANCHORS.exists():
-        sys.exit(f"published weights not found at {ANCHORS}")
+        sys.exit(f"published weights not found at {ANCHORS}: pass --published DIR or set PDESURROGATE_PUBLISHED")
     torch.set_grad_enabled(False)
     grid = datagen.Grid((100, 100))
     rows = []

@@ -8,12 +8,14 @@ together with the config and provenance (no pickled code: JSON text and tensors,
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -84,8 +86,8 @@ class SurrogateConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise SurrogateError(f"{name}={v!r} must be a positive integer")
-        if not (isinstance(self.dt, (int, float)) and self.dt > 0):
-            raise SurrogateError(f"dt={self.dt!r} must be a positive number")
+        if not (isinstance(self.dt, (int, float)) and math.isfinite(self.dt) and self.dt > 0):
+            raise SurrogateError(f"dt={self.dt!r} must be a positive finite number")
         if self.init not in ("random", "stencil", "zeros"):
             raise SurrogateError(f"unknown init {self.init!r}; choose random, stencil or zeros")
         if self.constraint not in (None, "frozen", "moments"):
@@ -175,6 +177,8 @@ class Surrogate(nn.Module):
 
     def rollout(self, u0: torch.Tensor, n_steps: int) -> torch.Tensor:
         """``(batch, n_steps + 1, fields, x, y)``: ``u0`` and ``n_steps`` steps after it."""
+        if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 0:
+            raise SurrogateError(f"n_steps={n_steps!r} must be a non-negative integer")
         out = [u0]
         u = u0
         for _ in range(n_steps):
@@ -189,8 +193,8 @@ class Surrogate(nn.Module):
         of substeps keeps ``dt`` and changes only how F is integrated over it.
         """
         cfg = self.config
-        integrator = integrator or self.integrator
-        substeps = substeps or self.substeps
+        integrator = integrator if integrator is not None else self.integrator
+        substeps = substeps if substeps is not None else self.substeps
         if cfg is not None:
             cfg = SurrogateConfig.from_dict({**cfg.to_dict(), "integrator": integrator, "substeps": substeps})
         s = Surrogate(self.vector_field, integrator, substeps, self.dt, cfg)
@@ -351,9 +355,12 @@ def load(path: str | os.PathLike, integrator: str | None = None, substeps: int |
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise SurrogateError(f"{path}: weights do not match its config ({first})") from None
-    model.info = json.loads(payload.get("info", "{}"))
-    model.provenance = json.loads(payload.get("provenance", "{}"))
-    if integrator or substeps:
+    try:
+        model.info = json.loads(payload.get("info", "{}"))
+        model.provenance = json.loads(payload.get("provenance", "{}"))
+    except (TypeError, ValueError) as exc:
+        raise SurrogateError(f"{path}: its info or provenance is not valid JSON ({exc})") from None
+    if integrator is not None or substeps is not None:
         model = model.with_integrator(integrator, substeps)
     return model
 

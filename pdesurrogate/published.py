@@ -63,6 +63,9 @@ def load_published(path: str | os.PathLike, state_dict: Mapping[str, torch.Tenso
     unknown = set(state_dict) - set(KEY_MAP)
     if unknown:
         raise SurrogateError(f"{path.name}: unexpected keys {sorted(unknown)}; expected {sorted(KEY_MAP)}")
+    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise SurrogateError(f"{path.name}: {bad[0]!r} is a {type(state_dict[bad[0]]).__name__}, not a tensor")
     model = build_surrogate(**cfg).to(dtype)
     mapped = {KEY_MAP[k]: v.to(dtype) for k, v in state_dict.items()}
     # the published kernels are physical numbers: unit scale

@@ -325,3 +325,22 @@ def test_pointwise_convolution_paths_agree(dtype, rng):
         x = torch.from_numpy(rng.standard_normal((2, 4, 9, 7))).to(dtype)
         ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias)
         torch.testing.assert_close(conv(x), ref, rtol=1e-6 if dtype == torch.float32 else 1e-14, atol=1e-6)
+
+
+def test_bad_arguments_and_tampered_files_get_surrogate_errors(tmp_path):
+    m = ps.build_surrogate(hidden=2, kernel_size=3)
+    with pytest.raises(ps.SurrogateError, match="n_steps=-3"):
+        m.rollout(torch.zeros(1, 1, 8, 8), -3)
+    with pytest.raises(ps.SurrogateError, match="finite"):
+        ps.build_surrogate(dt=float("inf"))
+    path = ps.save(m, tmp_path / "m.pt")
+    with pytest.raises(ps.SurrogateError, match="substeps=0"):
+        ps.load(path, substeps=0)
+    payload = torch.load(path, weights_only=True)
+    payload["info"] = "{not json"
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ps.SurrogateError, match="not valid JSON"):
+        ps.load(tmp_path / "bad.pt")
+    torch.save({"F.0.weight": "text"}, tmp_path / "FisherNoNoise.pt")
+    with pytest.raises(ps.SurrogateError, match="not a tensor"):
+        ps.load_published(tmp_path / "FisherNoNoise.pt")

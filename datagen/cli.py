@@ -62,6 +62,9 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = _Parser(prog="datagen", description="Method-of-lines datasets for reaction-diffusion PDEs.", epilog=EPILOG)
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"datagen {__version__}")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     sub.required = True
     sub.add_parser("list", help="the PDE catalogue with parameters and defaults")
@@ -221,6 +224,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``datagen`` console script."""
     try:
         a = build_parser().parse_args(argv)
+        if not getattr(a, "quiet", False):
+            import logging
+
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("datagen: %(message)s"))
+            logger = logging.getLogger("datagen")
+            if not logger.handlers:
+                logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
         if a.cmd == "list":
             return cmd_list()
         if a.cmd == "generate":

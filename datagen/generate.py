@@ -13,6 +13,7 @@ the number of workers.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -33,6 +34,8 @@ from .initial import make_sampler
 from .integrators import RK4, make_integrator, reaction_rate
 from .semidiscrete import SemiDiscrete
 from .store import COMPRESSIONS, write_dataset
+
+log = logging.getLogger("datagen")
 
 __all__ = ["GenerationConfig", "generate", "generate_splits", "solve", "solve_batch", "trajectory_rng"]
 
@@ -271,6 +274,8 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
     """
     out = Path(out)
     if out.exists() and not overwrite:
+        if resume:
+            return _finished(config, out)
         raise DatagenError(f"{out} exists; pass --overwrite to replace it")
     if workers < 1:
         raise DatagenError(f"workers={workers} must be at least 1")
@@ -321,6 +326,20 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
     finally:
         report(None)
     shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _finished(config: GenerationConfig, out: Path) -> Path:
+    """``out`` when it is a finished run of ``config`` (``--resume`` keeps it), else an error."""
+    from .store import read_provenance
+
+    try:
+        stored = read_provenance(out)["config"]
+    except (DatagenError, KeyError, TypeError):
+        raise DatagenError(f"{out} exists and is not a finished datagen run; pass --overwrite to replace it") from None
+    if json.dumps(stored, sort_keys=True) != json.dumps(config.resolve().to_dict(), sort_keys=True):
+        raise DatagenError(f"{out} exists with other options; pass --overwrite to replace it")
+    log.info("%s is complete (same options); kept", out)
     return out
 
 

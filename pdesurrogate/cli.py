@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = _Parser(prog="pdesurrogate", description="Evaluate surrogates of PDE time steps against their reference.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"pdesurrogate {__version__}")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     sub.required = True
     e = sub.add_parser("evaluate", help="rollout errors (mse, max error, relative L2) per step", epilog=EPILOG,

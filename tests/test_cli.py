@@ -268,3 +268,23 @@ def test_non_finite_parameters_are_refused_before_solving(tmp_path, args, match)
     p = run("generate", "fisher", "--out", tmp_path / "o", "--splits", "train=1", *SMALL, *args, check=False)
     assert_one_line_error(p, match)
     assert not list(tmp_path.rglob("*.h5"))
+
+
+def test_resume_keeps_finished_splits_and_says_so(tmp_path):
+    out = tmp_path / "o"
+    run("generate", "fisher", "--out", out, "--splits", "train=2", *SMALL)
+    before = digest(out / "train.h5")
+    # as after an interruption during the second split: the first is finished, the second is not
+    p = run("generate", "fisher", "--out", out, "--splits", "train=2,test=1", "--resume", "--grid", "32,32",
+            "--steps", "5")
+    assert "train.h5 is complete" in p.stderr and digest(out / "train.h5") == before
+    assert (out / "test.h5").exists()
+    p = run("generate", "fisher", "--out", out, "--splits", "train=2,test=1", "--resume", *SMALL)
+    assert p.returncode == 0
+    p = run("generate", "fisher", "--out", out, "--splits", "train=2", "--resume", "--grid", "32,32", "--steps", "6",
+            "--quiet", check=False)
+    assert_one_line_error(p, "exists with other options")
+
+
+def test_version():
+    assert run("--version").stdout.startswith("datagen ")

@@ -270,7 +270,8 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
         scheduler: address of a Dask distributed scheduler to run the batches on instead.
         resume: continue an interrupted run of the same config.
         overwrite: replace an existing output (and discard an interrupted run's work).
-        progress: ``True`` for a progress bar on stderr, or a callback ``(done, total)``.
+        progress: ``True`` for a progress bar on stderr, or a callback ``(done, total)`` counting
+            trajectories.
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -304,12 +305,12 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
     bounds = [(s, min(s + cfg.batch_size, cfg.n_trajectories)) for s in range(0, cfg.n_trajectories, cfg.batch_size)]
     files = [work / f"batch_{k:06d}.npy" for k in range(len(bounds))]
     todo = [k for k, f in enumerate(files) if not f.exists()]
-    report = _progress_reporter(progress, len(bounds))
-    report(len(bounds) - len(todo))
+    report = _progress_reporter(progress, cfg.n_trajectories, cfg.split)
+    report(sum(b - a for k, (a, b) in enumerate(bounds) if k not in todo))
     try:
         for k, arr in _run(cfg_json, [bounds[k] for k in todo], todo, workers, scheduler):
             _save_atomic(files[k], arr)
-            report(1)
+            report(bounds[k][1] - bounds[k][0])
         meta = {
             "dataset_name": cfg.pde, "fields": pde.fields, "parameters": pde.parameters,
             "n_trajectories": cfg.n_trajectories, "time": cfg.dt * np.arange(cfg.steps + 1),
@@ -395,7 +396,7 @@ def _check_space(out: Path, dataset_bytes: int) -> None:
         )
 
 
-def _progress_reporter(progress, total: int):
+def _progress_reporter(progress, total: int, label: str = "generate"):
     if callable(progress):
         done = [0]
 
@@ -407,7 +408,7 @@ def _progress_reporter(progress, total: int):
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="batch", desc="generate")
+        bar = tqdm(total=total, unit="traj", desc=label)
 
         def tq(n):
             if n is None:

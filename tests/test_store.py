@@ -173,3 +173,13 @@ def test_maximum_principle_counts_dirichlet_wall_values(tmp_path):
                                              dt_factor=2.0), tmp_path / "h.h5"))
     assert rep.ok, rep.errors
     assert rep.facts["ranges"]["u"][1] > 0.6
+
+
+def test_progress_counts_trajectories(tmp_path):
+    import datagen
+
+    seen = []
+    cfg = datagen.GenerationConfig(pde="fisher", steps=2, n_trajectories=5, batch_size=2,
+                                   grid=datagen.Grid((8, 8)).to_dict())
+    datagen.generate(cfg, tmp_path / "a.h5", progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 5), (2, 5), (4, 5), (5, 5)]

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import zlib
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
@@ -284,6 +285,17 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
     grid = Grid.from_dict(config.grid)
     _check_space(out, pde.n_fields * grid.n_cells * 4 * (int(config.steps) + 1) * int(config.n_trajectories))
     cfg = config.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _output_lock(out):
+        if out.exists() and not overwrite:  # another run may have finished it meanwhile
+            if resume:
+                return _finished(config, out)
+            raise DatagenError(f"{out} exists; pass --overwrite to replace it")
+        return _generate_locked(cfg, out, pde, grid, workers, scheduler, resume, overwrite, progress)
+
+
+def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers: int, scheduler: str | None,
+                     resume: bool, overwrite: bool, progress) -> Path:
     work = out.with_name(f".{out.name}.partial")
     cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
     try:
@@ -328,6 +340,50 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
         report(None)
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+@contextmanager
+def _output_lock(out: Path):
+    """An exclusive OS lock on ``out`` for the whole run (released by the OS if the process dies).
+
+    A second run on the same output stops at once, naming the first one's pid, so that
+    ``--overwrite`` can never delete the work of a live run.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        yield
+        return
+    path = out.with_name(f".{out.name}.lock")
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DatagenError(f"cannot write to {out.parent}: {exc.strerror}; choose another --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DatagenError(f"another run (pid {other}) is writing {out}; wait for it to finish or choose "
+                               "another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the file was replaced while we waited for it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def _finished(config: GenerationConfig, out: Path) -> Path:

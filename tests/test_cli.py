@@ -288,3 +288,20 @@ def test_resume_keeps_finished_splits_and_says_so(tmp_path):
 
 def test_version():
     assert run("--version").stdout.startswith("datagen ")
+
+
+def test_a_second_run_on_a_locked_output_stops_at_once(tmp_path):
+    from datagen.generate import _output_lock
+
+    out = tmp_path / "o"
+    out.mkdir()
+    work = out / ".train.h5.partial"
+    with _output_lock(out / "train.h5"):
+        work.mkdir()  # the live run's work
+        (work / "config.json").write_text("{}")
+        p = run("generate", "fisher", "--out", out, "--splits", "train=1", "--overwrite", *SMALL, check=False)
+        assert_one_line_error(p, f"another run (pid {os.getpid()}) is writing")
+        assert (work / "config.json").exists()  # --overwrite did not touch the live run's work
+    # once released, the output can be written, and no lock file is left behind
+    run("generate", "fisher", "--out", out, "--splits", "train=1", "--overwrite", *SMALL)
+    assert sorted(p.name for p in out.iterdir()) == ["train.h5"]

@@ -200,8 +200,27 @@ def solve_batch(cfg_json: str, start: int, stop: int) -> np.ndarray:
     pde, grid, stepper, sampler = _build(cfg_json)
     u0 = np.stack([sampler.sample(grid, pde.n_fields, trajectory_rng(cfg["seed"], cfg["split"], i))
                    for i in range(start, stop)])
-    traj = stepper.rollout(u0, cfg["steps"])
-    return traj.astype(np.float32)
+    if not np.all(np.isfinite(u0)):
+        raise DatagenError(f"the initial condition of trajectory {start + _first_bad(u0[:, None])[0]} is not finite; "
+                           "check the --ic-param values")
+    with np.errstate(all="ignore"):  # a blow-up is reported below, once, with its cause
+        out = stepper.rollout(u0, cfg["steps"]).astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        i, n = _first_bad(out)
+        big = float(np.abs(u0).max())
+        raise DatagenError(
+            f"the solution blew up (non-finite) in trajectory {start + i} at step {n} of {cfg['steps']}: the time "
+            f"step dt={cfg['dt']:.3g} with {cfg['substeps']} substep(s) of {cfg['integrator']} is likely too large "
+            f"for this PDE's stability limit or reaction rate (initial max |u| = {big:.3g}); lower --dt or "
+            "--dt-factor, raise --substeps, use --integrator reference, or lower the initial amplitude")
+    return out
+
+
+def _first_bad(a: np.ndarray) -> tuple[int, int]:
+    """(trajectory, step) of the earliest non-finite value of ``a (b, time, ...)``."""
+    bad = ~np.isfinite(a).reshape(a.shape[0], a.shape[1], -1).any(axis=2)
+    step = int(np.argwhere(bad)[:, 1].min())
+    return int(np.argmax(bad[:, step])), step
 
 
 def solve(config: GenerationConfig | Mapping[str, Any], u0: np.ndarray, steps: int) -> np.ndarray:
@@ -331,6 +350,11 @@ def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers:
                            "versions": _versions()},
         }
         _write_isolated(out, files, meta, cfg.compression)
+    except DatagenError:
+        # a run that fails on its input (a blow-up, a bad scheduler) would fail again: its work
+        # folder must not block the corrected rerun; interruptions keep theirs for --resume
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     except OSError as exc:
         raise DatagenError(
             f"writing {out} failed: {exc.strerror or exc}; nothing was written under that name "

@@ -305,3 +305,14 @@ def test_a_second_run_on_a_locked_output_stops_at_once(tmp_path):
     # once released, the output can be written, and no lock file is left behind
     run("generate", "fisher", "--out", out, "--splits", "train=1", "--overwrite", *SMALL)
     assert sorted(p.name for p in out.iterdir()) == ["train.h5"]
+
+
+@pytest.mark.parametrize("args", [
+    ["--integrator", "etdrk4", "--dt", "2"],  # linearly stable; the reaction blows up in finite time
+    ["--ic-param", "amplitude=1e30", "--integrator", "euler", "--method", "fd"],
+])
+def test_a_blow_up_stops_with_one_line_and_writes_nothing(tmp_path, args):
+    p = run("generate", "fisher", "--out", tmp_path / "o", "--splits", "train=3", *SMALL, *args, check=False)
+    assert_one_line_error(p, "blew up (non-finite) in trajectory")
+    assert "step" in p.stderr and "dt=" in p.stderr
+    assert not list((tmp_path / "o").iterdir())  # no file, no work folder, no lock

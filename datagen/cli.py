@@ -72,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="solve and write HDF5 datasets", epilog=EPILOG)
     g.add_argument("pde", nargs="?", help="catalogue name (see `datagen list`)")
     g.add_argument("--out", required=True, help="output folder; one <split>.h5 per split")
-    g.add_argument("--from", dest="from_file", help="regenerate a dataset from its own provenance")
-    g.add_argument("--splits", default="train=64,test=16", help="split=count pairs (default train=64,test=16)")
+    g.add_argument("--from", dest="from_file", help="regenerate a dataset from its own provenance (with --out, "
+                   "--workers, --scheduler, --resume, --overwrite, --quiet, and --splits to make other splits of the "
+                   "same configuration; every other option is refused)")
+    g.add_argument("--splits", default=None, help="split=count pairs (default train=64,test=16)")
     g.add_argument("--steps", type=int, default=40, help="saved steps after the initial state (default 40)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--param", action="append", help="PDE parameter, e.g. a=0.02 (repeatable)")
@@ -125,6 +127,35 @@ def cmd_list() -> int:
     return 0
 
 
+# generation options that --from takes from the provenance instead
+FROM_CONFLICTS = ("steps", "seed", "param", "grid", "extent", "boundary", "boundary_value", "dt", "dt_factor",
+                  "integrator", "substeps", "method", "accuracy", "ic", "ic_param", "batch_size", "compression",
+                  "backend")
+
+
+def _split_counts(text: str) -> dict[str, int]:
+    """``train=64,test=16`` -> ``{"train": 64, "test": 16}``, names checked, no duplicates."""
+    from .generate import check_split_name
+
+    splits: dict[str, int] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise DatagenError(f"split {part!r} must look like name=count, e.g. train=64")
+        k, v = (x.strip() for x in part.split("=", 1))
+        check_split_name(k)
+        if k in splits:
+            raise DatagenError(f"split {k!r} is given twice in --splits {text!r}")
+        try:
+            splits[k] = int(v)
+        except ValueError:
+            raise DatagenError(f"split {k}={v!r}: the count must be an integer") from None
+        if splits[k] < 1:
+            raise DatagenError(f"split {k}={v}: the count must be positive")
+    return splits
+
+
 def cmd_generate(a: argparse.Namespace) -> int:
     """Generate the requested splits."""
     from .generate import GenerationConfig, generate, generate_splits
@@ -133,32 +164,30 @@ def cmd_generate(a: argparse.Namespace) -> int:
     kwargs = dict(workers=a.workers, scheduler=a.scheduler, resume=a.resume, overwrite=a.overwrite,
                   progress=not a.quiet and sys.stderr.isatty())
     if a.from_file:
-        cfg = GenerationConfig.from_dict(read_provenance(a.from_file)["config"])
-        out = Path(a.out) / f"{cfg.split}.h5"
-        generate(cfg, out, **kwargs)
-        print(out)
+        defaults = build_parser().parse_args(["generate", "--out", "."])
+        given = [f"--{k.replace('_', '-')}" for k in FROM_CONFLICTS if getattr(a, k) != getattr(defaults, k)]
+        if a.pde:
+            given.insert(0, f"the PDE name {a.pde!r}")
+        if given:
+            raise DatagenError(f"--from regenerates {a.from_file} from its provenance: {', '.join(given)} would be "
+                               "ignored; drop them, or generate anew without --from")
+        try:
+            cfg = GenerationConfig.from_dict(read_provenance(a.from_file)["config"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DatagenError(f"{a.from_file}: its provenance has no usable config ({type(exc).__name__}: {exc}); "
+                               "it cannot be regenerated") from None
+        if a.splits is None:
+            out = Path(a.out) / f"{cfg.split}.h5"
+            generate(cfg, out, **kwargs)
+            print(out)
+            return 0
+        for path in generate_splits(cfg, _split_counts(a.splits), a.out, **kwargs):
+            print(path)
         return 0
     if not a.pde:
         raise DatagenError("name a PDE (see `datagen list`) or pass --from FILE")
     catalogue.get(a.pde)
-    from .generate import check_split_name
-
-    splits: dict[str, int] = {}
-    for part in a.splits.split(","):
-        if not part.strip():
-            continue
-        if "=" not in part:
-            raise DatagenError(f"split {part!r} must look like name=count, e.g. train=64")
-        k, v = (x.strip() for x in part.split("=", 1))
-        check_split_name(k)
-        if k in splits:
-            raise DatagenError(f"split {k!r} is given twice in --splits {a.splits!r}")
-        try:
-            splits[k] = int(v)
-        except ValueError:
-            raise DatagenError(f"split {k}={v!r}: the count must be an integer") from None
-        if splits[k] < 1:
-            raise DatagenError(f"split {k}={v}: the count must be positive")
+    splits = _split_counts(a.splits or "train=64,test=16")
     bv = _floats(a.boundary_value, "--boundary-value")
     grid = {"shape": list(_ints(a.grid, "--grid")), "extent": list(_floats(a.extent, "--extent")),
             "boundary": a.boundary, "boundary_value": bv[0] if len(bv) == 1 else list(bv)}

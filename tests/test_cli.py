@@ -316,3 +316,24 @@ def test_a_blow_up_stops_with_one_line_and_writes_nothing(tmp_path, args):
     assert_one_line_error(p, "blew up (non-finite) in trajectory")
     assert "step" in p.stderr and "dt=" in p.stderr
     assert not list((tmp_path / "o").iterdir())  # no file, no work folder, no lock
+
+
+def test_from_refuses_options_it_would_ignore_and_makes_matching_splits(tmp_path):
+    run("generate", "fisher", "--out", tmp_path / "a", "--splits", "train=2", *SMALL)
+    src = tmp_path / "a" / "train.h5"
+    for extra, match in ((["--steps", "9"], "--steps"), (["--seed", "3"], "--seed"), (["--grid", "16,16"], "--grid"),
+                         (["fisher"], "the PDE name 'fisher'")):
+        p = run("generate", "--from", src, "--out", tmp_path / "b", *extra, check=False)
+        assert_one_line_error(p, match)
+    run("generate", "--from", src, "--out", tmp_path / "b", "--splits", "valid=1", "--quiet")
+    import h5py
+    import json as _json
+
+    with h5py.File(tmp_path / "b" / "valid.h5") as f:
+        cfg = _json.loads(f.attrs["provenance"])["config"]
+    assert cfg["steps"] == 5 and cfg["grid"]["shape"] == [32, 32] and cfg["split"] == "valid"
+    with h5py.File(src, "r+") as f:
+        prov = _json.loads(f.attrs["provenance"])
+        del prov["config"]
+        f.attrs["provenance"] = _json.dumps(prov)
+    assert_one_line_error(run("generate", "--from", src, "--out", tmp_path / "c", check=False), "no usable config")

@@ -103,6 +103,8 @@ class GenerationConfig:
         if not np.all(np.isfinite(bv)):
             raise DatagenError(f"boundary value {g.get('boundary_value')} must be finite")
         grid = Grid.from_dict(g)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise DatagenError(f"seed={self.seed!r} must be a non-negative integer")
         for name in ("steps", "n_trajectories", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 1:
@@ -350,16 +352,16 @@ def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers:
                            "versions": _versions()},
         }
         _write_isolated(out, files, meta, cfg.compression)
-    except DatagenError:
-        # a run that fails on its input (a blow-up, a bad scheduler) would fail again: its work
-        # folder must not block the corrected rerun; interruptions keep theirs for --resume
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     except OSError as exc:
         raise DatagenError(
             f"writing {out} failed: {exc.strerror or exc}; nothing was written under that name "
             "(free space if the disk is full, then rerun with --resume)"
         ) from None
+    except Exception:
+        # a run that fails on its input (a blow-up, a bad scheduler) would fail again: its work
+        # folder must not block the corrected rerun; interruptions keep theirs for --resume
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     finally:
         report(None)
     shutil.rmtree(work, ignore_errors=True)

@@ -337,3 +337,16 @@ def test_from_refuses_options_it_would_ignore_and_makes_matching_splits(tmp_path
         del prov["config"]
         f.attrs["provenance"] = _json.dumps(prov)
     assert_one_line_error(run("generate", "--from", src, "--out", tmp_path / "c", check=False), "no usable config")
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--seed=-1"], "seed=-1"),
+    (["--integrator", "bdf", "--method", "spectral"], "method='fd'"),
+    (["--ic-param", "k_min=9"], "k_min <= k_max"),
+])
+def test_a_failed_run_leaves_nothing_that_blocks_the_corrected_rerun(tmp_path, args, match):
+    out = tmp_path / "o"
+    assert_one_line_error(run("generate", "fisher", "--out", out, "--splits", "train=2", *SMALL, *args, check=False),
+                          match)
+    assert not out.exists() or not list(out.iterdir())
+    run("generate", "fisher", "--out", out, "--splits", "train=2", *SMALL)  # no --resume or --overwrite needed

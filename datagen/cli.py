@@ -193,7 +193,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
             "boundary": a.boundary, "boundary_value": bv[0] if len(bv) == 1 else list(bv)}
     initial = None
     if a.ic or a.ic_param:
-        initial = {"name": a.ic or catalogue.get(a.pde).initial["name"], **_pairs(a.ic_param, "--ic-param")}
+        base = dict(catalogue.get(a.pde).initial)
+        name = a.ic or base["name"]
+        # the user's parameters go over the catalogue's defaults for its own sampler
+        initial = {**(base if name == base["name"] else {}), "name": name, **_pairs(a.ic_param, "--ic-param")}
     cfg = GenerationConfig(pde=a.pde, params=_pairs(a.param, "--param"), grid=grid, steps=a.steps, dt=a.dt,
                            dt_factor=a.dt_factor, integrator=a.integrator, substeps=a.substeps, method=a.method,
                            accuracy=a.accuracy, initial=initial, seed=a.seed, batch_size=a.batch_size,

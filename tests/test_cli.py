@@ -350,3 +350,13 @@ def test_a_failed_run_leaves_nothing_that_blocks_the_corrected_rerun(tmp_path, a
                           match)
     assert not out.exists() or not list(out.iterdir())
     run("generate", "fisher", "--out", out, "--splits", "train=2", *SMALL)  # no --resume or --overwrite needed
+
+
+def test_ic_params_go_over_the_catalogue_defaults(tmp_path):
+    import h5py
+    import json as _json
+
+    run("generate", "allen_cahn", "--out", tmp_path, "--splits", "train=1", *SMALL, "--ic-param", "alpha=2")
+    with h5py.File(tmp_path / "train.h5") as f:
+        initial = _json.loads(f.attrs["provenance"])["config"]["initial"]
+    assert initial["alpha"] == 2.0 and initial["amplitude"] == 0.5  # the catalogue's amplitude is kept

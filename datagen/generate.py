@@ -277,7 +277,23 @@ def _save_atomic(path: Path, arr: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         np.save(fh, arr)
+        fh.flush()
+        os.fsync(fh.fileno())  # the rename must not outlive the data after a power cut
     os.replace(tmp, path)
+
+
+def _batch_ok(path: Path, shape: tuple[int, ...]) -> bool:
+    """Whether a finished batch file is whole (a crash or a full disk can truncate it)."""
+    if not path.exists():
+        return False
+    try:
+        arr = np.load(path, mmap_mode="r")
+        ok = arr.shape == shape and arr.dtype == np.float32 and path.stat().st_size >= arr.nbytes
+    except (OSError, ValueError, EOFError):
+        ok = False
+    if not ok:
+        path.unlink(missing_ok=True)  # recompute it
+    return ok
 
 
 def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int = 1, scheduler: str | None = None,
@@ -337,7 +353,8 @@ def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers:
 
     bounds = [(s, min(s + cfg.batch_size, cfg.n_trajectories)) for s in range(0, cfg.n_trajectories, cfg.batch_size)]
     files = [work / f"batch_{k:06d}.npy" for k in range(len(bounds))]
-    todo = [k for k, f in enumerate(files) if not f.exists()]
+    frame = (cfg.steps + 1, pde.n_fields, *grid.shape)
+    todo = [k for k, f in enumerate(files) if not _batch_ok(f, (bounds[k][1] - bounds[k][0], *frame))]
     report = _progress_reporter(progress, cfg.n_trajectories, cfg.split)
     report(sum(b - a for k, (a, b) in enumerate(bounds) if k not in todo))
     try:

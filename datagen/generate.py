@@ -545,7 +545,8 @@ def _run(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], workers:
 
     # fork where available: spawn re-imports __main__, which fails for notebooks and stdin scripts
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as ex:
         pending: dict = {}
         queue = list(zip(keys, bounds))
         while queue or pending:
@@ -555,6 +556,32 @@ def _run(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], workers:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 yield pending.pop(fut), fut.result()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initialiser: exit when the parent process dies (a SIGKILLed parent would otherwise
+    leave its workers blocked on their queue forever)."""
+    import signal
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG: Linux delivers SIGTERM when the parent dies
+    except (OSError, AttributeError):  # pragma: no cover - not Linux: fall back to polling below
+        pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    import threading
+
+    def watch() -> None:  # other POSIX systems: poll for re-parenting
+        import time
+
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def generate_splits(config: GenerationConfig, splits: Mapping[str, int], out_dir: str | os.PathLike,

@@ -360,3 +360,30 @@ def test_ic_params_go_over_the_catalogue_defaults(tmp_path):
     with h5py.File(tmp_path / "train.h5") as f:
         initial = _json.loads(f.attrs["provenance"])["config"]["initial"]
     assert initial["alpha"] == 2.0 and initial["amplitude"] == 0.5  # the catalogue's amplitude is kept
+
+
+@pytest.mark.slow
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    args = ["generate", "fisher", "--splits", "train=64", "--batch-size", "1", "--grid", "128,128", "--quiet",
+            "--workers", "2", "--out", str(tmp_path / "o")]
+    proc = subprocess.Popen([EXE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = tmp_path / "o" / ".train.h5.partial"
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(work.glob("batch_*.npy")):
+        time.sleep(0.01)
+
+    def children(pid):
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        return [int(x) for x in out]
+
+    kids = children(proc.pid)
+    assert kids, "no worker processes seen"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    alive = kids
+    while time.time() < deadline and alive:
+        alive = [k for k in kids if os.path.exists(f"/proc/{k}") and "Z" not in
+                 Path(f"/proc/{k}/stat").read_text().split()[2]]
+        time.sleep(0.1)
+    assert not alive, f"workers {alive} outlived their parent"

@@ -19,6 +19,7 @@ enough to regenerate the file byte for byte (``datagen generate --from FILE``).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +111,9 @@ def write_dataset(path: str | os.PathLike, batches: Iterable[np.ndarray], *, met
             kw = {} if compression == "none" else {"compression": compression}
             dsets = []
             for name in fields:
+                # fletcher32: a flipped bit is a read error, not a silently wrong value
                 d = t0.create_dataset(name, shape=(n_traj, T, nx, ny), dtype=np.float32,
-                                      chunks=(1, 1, nx, ny), **kw)
+                                      chunks=(1, 1, nx, ny), fletcher32=True, **kw)
                 d.attrs["dim_varying"] = [True, True]
                 d.attrs["sample_varying"] = True
                 d.attrs["time_varying"] = True
@@ -231,14 +233,74 @@ class ValidationReport:
 _INVARIANT = {"fisher": (0.0, 1.0), "allen_cahn": (-1.0, 1.0)}
 
 
-def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol: float = 1e-4) -> ValidationReport:
+def _growth_bound(pde, m0: float, t_end: float) -> float:
+    """A bound on max |u| at ``t_end`` for data starting below ``m0``: the comparison ODE
+    ``m' = sum |a_k| m^deg_k`` over the terms without derivatives (diffusion and transport obey a
+    maximum principle). ``inf`` when the comparison solution blows up before ``t_end``."""
+    terms = [(abs(t.coeff), len(t.factors)) for eq in pde.rhs for t in eq
+             if all(d.total_order == 0 for d in t.factors)]
+    if not terms:
+        return m0
+    rhs = lambda m: max(sum(c * m ** k for c, k in terms), 0.0)  # noqa: E731
+    m, t, n = max(m0, 1e-12), 0.0, 2000
+    h = t_end / n
+    for _ in range(n):
+        k1 = rhs(m)
+        k2 = rhs(m + h / 2 * k1)
+        k3 = rhs(m + h / 2 * k2)
+        k4 = rhs(m + h * k3)
+        m += h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        t += h
+        if not math.isfinite(m) or m > 1e30:
+            return math.inf
+    return m
+
+
+def _check_provenance(f, prov: dict, rep: "ValidationReport") -> None:
+    """Root attributes and the PDE spec against the provenance (a tampered file disagrees)."""
+    from . import catalogue
+    from .pde import PDE
+
+    cfg, spec = prov.get("config"), prov.get("pde")
+    if not isinstance(cfg, dict) or not isinstance(spec, dict):
+        rep.errors.append("the provenance lacks its config or PDE spec: the file cannot be regenerated or checked")
+        return
+    name = spec.get("name")
+    if cfg.get("pde") != name or str(f.attrs.get("dataset_name")) != name:
+        rep.errors.append(f"the PDE names disagree: dataset_name {f.attrs.get('dataset_name')!r}, provenance pde "
+                          f"{name!r}, config pde {cfg.get('pde')!r}")
+        return
+    try:
+        stored = PDE.from_dict(spec)
+        expect = catalogue.make_pde(cfg["pde"], dict(cfg.get("params", {})))
+    except (DatagenError, KeyError, TypeError, ValueError) as exc:
+        rep.errors.append(f"the provenance's PDE cannot be rebuilt ({exc})")
+        return
+    if stored.to_dict() != expect.to_dict():
+        rep.errors.append(f"the stored PDE spec differs from {cfg['pde']} with the recorded parameters")
+    for k, v in stored.parameters.items():
+        if k in f.attrs and not np.isclose(float(f.attrs[k]), float(v), rtol=1e-12, atol=0):
+            rep.errors.append(f"root attribute {k}={float(f.attrs[k])!r} disagrees with the provenance ({v!r})")
+    if int(f.attrs["n_trajectories"]) != int(cfg.get("n_trajectories", -1)):
+        rep.errors.append(f"n_trajectories={int(f.attrs['n_trajectories'])} disagrees with the provenance "
+                          f"({cfg.get('n_trajectories')})")
+
+
+def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol: float = 1e-4,
+             deep: int = 0, seed: int | None = None) -> ValidationReport:
     """Check the schema and the physical sanity of a dataset, streaming one trajectory at a time.
 
     Schema: required groups, attributes and shapes. Physics: finite values; invariant bounds
     (Fisher in [0, 1], Allen-Cahn in [-1, 1], heat within its initial range) for trajectories
     that start inside them; Fisher data that goes negative is reported (its reaction term then
     drives u down without bound over long horizons); trajectories whose last step changes by
-    less than ``stationary_tol`` (relative) are flagged as stationary.
+    less than ``stationary_tol`` (relative) are flagged as stationary. For any initial data, values
+    must stay within the growth bound of the reaction terms (see ``_growth_bound``, with a 10 %
+    margin). Root attributes and the PDE spec must agree with the provenance, and a checksum
+    (fletcher32) mismatch is an error.
+
+    ``deep=N`` regenerates ``N`` randomly chosen trajectories (``seed``) from the provenance and
+    requires them to be byte-identical to the stored ones: an exact integrity check.
     """
     rep = ValidationReport(str(path))
     with _open(path) as f:
@@ -280,9 +342,16 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
             if d.dtype != np.float32:
                 rep.errors.append(f"field {name!r} is {d.dtype}, expected float32")
         rep.facts.update(n_trajectories=n, n_time=T, shape=(nx, ny), fields=names,
-                         pde=prov.get("pde", {}).get("name"))
+                         pde=(prov.get("pde") or {}).get("name"))
         if rep.errors:
             return rep
+        _check_provenance(f, prov, rep)
+        if rep.errors:
+            return rep
+        from .pde import PDE
+
+        pde_spec = PDE.from_dict(prov["pde"])
+        t_end = float(np.asarray(dims["time"])[-1] - np.asarray(dims["time"])[0])
 
         pde_name = prov.get("pde", {}).get("name")
         bounds = _INVARIANT.get(pde_name)
@@ -293,13 +362,22 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
             walls = [float(v) for v in (bv if isinstance(bv, list) else [bv])]
             if bounds and any(not bounds[0] <= w <= bounds[1] for w in walls):
                 bounds = None
-        nonfinite, stationary, escaped, negative = [], [], [], []
+        nonfinite, stationary, escaped, negative, unreadable, grown = [], [], [], [], [], []
         ranges = {name: [np.inf, -np.inf] for name in names}
+        walls_max = max([abs(w) for w in walls], default=0.0)
         for i in range(n):
-            traj = np.stack([f["t0_fields"][name][i] for name in names], axis=1)  # (T, F, nx, ny)
+            try:
+                traj = np.stack([f["t0_fields"][name][i] for name in names], axis=1)  # (T, F, nx, ny)
+            except OSError:
+                unreadable.append(i)
+                continue
             if not np.all(np.isfinite(traj)):
                 nonfinite.append(i)
                 continue
+            m0 = max(float(np.abs(traj[0]).max()), walls_max)
+            limit = _growth_bound(pde_spec, m0, t_end)
+            if float(np.abs(traj).max()) > 1.1 * limit + 1e-6:
+                grown.append(i)
             for k, name in enumerate(names):
                 ranges[name][0] = min(ranges[name][0], float(traj[:, k].min()))
                 ranges[name][1] = max(ranges[name][1], float(traj[:, k].max()))
@@ -322,6 +400,12 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
                 elif pde_name == "fisher" and u0.min() < 0:
                     negative.append(i)
         rep.facts["ranges"] = {k: tuple(v) for k, v in ranges.items()}
+        if unreadable:
+            rep.errors.append(f"{len(unreadable)} trajectories fail their checksum (bit rot or tampering; first: "
+                              f"{unreadable[0]})")
+        if grown:
+            rep.errors.append(f"{len(grown)} trajectories exceed the growth bound the PDE allows from their initial "
+                              f"data (first: {grown[0]}): corrupted values")
         if nonfinite:
             rep.errors.append(f"{len(nonfinite)} trajectories hold NaN or inf values (first: {nonfinite[0]})")
         if escaped:
@@ -337,4 +421,26 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
             )
         if stationary:
             rep.warnings.append(f"{len(stationary)} trajectories went stationary (first: {stationary[0]})")
+        if deep and not rep.errors:
+            _deep_check(f, prov, names, n, deep, seed, rep)
     return rep
+
+
+def _deep_check(f, prov: dict, names: list[str], n: int, samples: int, seed: int | None,
+                rep: "ValidationReport") -> None:
+    """Regenerate ``samples`` random trajectories and compare them byte for byte."""
+    from .generate import solve_batch
+
+    rng = np.random.default_rng(seed)
+    picks = sorted(rng.choice(n, size=min(int(samples), n), replace=False).tolist())
+    cfg_json = json.dumps(prov["config"], sort_keys=True)
+    differ = []
+    for i in picks:
+        again = solve_batch(cfg_json, i, i + 1)[0]
+        stored = np.stack([f["t0_fields"][name][i] for name in names], axis=1)
+        if again.tobytes() != stored.tobytes():
+            differ.append(i)
+    rep.facts["deep_checked"] = picks
+    if differ:
+        rep.errors.append(f"{len(differ)} of {len(picks)} regenerated trajectories differ from the stored ones "
+                          f"(first: {differ[0]}): the data is not what its provenance produces")

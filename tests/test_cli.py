@@ -387,3 +387,26 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
                  Path(f"/proc/{k}/stat").read_text().split()[2]]
         time.sleep(0.1)
     assert not alive, f"workers {alive} outlived their parent"
+
+
+def test_damaged_provenance_and_bad_times_are_one_line_errors(tmp_path):
+    import h5py
+    import json as _json
+
+    run("generate", "fisher", "--out", tmp_path, "--splits", "train=1", *SMALL)
+    f = tmp_path / "train.h5"
+    assert_one_line_error(run("plot", f, "--out", tmp_path / "p.png", "--times", "0.7", check=False), "integers")
+    with h5py.File(f, "r+") as h:
+        prov = _json.loads(h.attrs["provenance"])
+        prov.pop("config")
+        h.attrs["provenance"] = _json.dumps(prov)
+    assert_one_line_error(run("info", f, check=False), "provenance is incomplete")
+    assert_one_line_error(run("plot", f, "--out", tmp_path / "p.png", check=False), "provenance is incomplete")
+    p = run("validate", f, check=False)
+    assert p.returncode == 1 and "lacks its config" in p.stdout
+
+
+def test_validate_deep_regenerates_and_compares(tmp_path):
+    run("generate", "fisher", "--out", tmp_path, "--splits", "train=3", *SMALL)
+    p = run("validate", tmp_path / "train.h5", "--deep", "--samples", "2")
+    assert "byte-identical" in p.stdout and p.returncode == 0 and "invalid" not in p.stdout

@@ -5,6 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
+from datagen import catalogue
+
 from datagen import DatagenError, GenerationConfig, Grid, generate, open_dataset, read_provenance, validate
 from datagen.store import write_dataset
 
@@ -99,7 +101,9 @@ def _write(path, frames, name="fisher", prov_name="fisher"):
     grid = Grid((8, 8))
     meta = {"dataset_name": name, "fields": ["u"], "parameters": {"a": 0.01, "r": 1.0}, "n_trajectories": n,
             "time": np.arange(T) * 0.1, "x": grid.x, "y": grid.y, "boundary": grid.to_dict(),
-            "provenance": {"config": {"grid": grid.to_dict(), "dt": 0.1}, "pde": {"name": prov_name}}}
+            "provenance": {"config": {"pde": "fisher", "params": {}, "grid": grid.to_dict(), "dt": 0.1,
+                                      "n_trajectories": n},
+                           "pde": {**catalogue.fisher().to_dict(), "name": prov_name}}}
     return write_dataset(path, [frames], meta=meta)
 
 
@@ -209,3 +213,59 @@ def test_resume_recomputes_a_truncated_work_file(tmp_path):
     datagen.generate(cfg, out, resume=True)
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     assert digest(out) == digest(whole)
+
+
+def _flip(path, traj, value):
+    """Write one value into a dataset's raw chunk bytes, bypassing its checksum (bit rot)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        d = f["t0_fields"]["u"]
+        offset = d.id.get_chunk_info_by_coord((traj, 1, 0, 0)).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 4 * 5)
+        fh.write(np.float32(value).tobytes())
+
+
+def test_checksums_growth_bounds_provenance_and_deep_validation(tmp_path):
+    import h5py
+
+    import datagen
+
+    cfg = GenerationConfig(**SMALL)
+    good = generate(cfg, tmp_path / "good.h5")
+    rep = validate(good, deep=2, seed=0)
+    assert rep.ok and len(rep.facts["deep_checked"]) == 2
+    # one flipped value in the raw bytes: the checksum catches it
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(good.read_bytes())
+    _flip(bad, 1, -1.1e38)
+    rep = validate(bad)
+    assert any("checksum" in e for e in rep.errors), rep.errors
+    # a huge value written through h5py (valid checksum): the growth bound catches it, whatever u0's sign
+    big = tmp_path / "big.h5"
+    big.write_bytes(good.read_bytes())
+    with h5py.File(big, "r+") as f:
+        f["t0_fields"]["u"][0, 2, 3, 3] = -1.1e38
+    assert any("growth bound" in e for e in validate(big).errors)
+    # a small change that stays within every bound: only the deep check sees it
+    nudged = tmp_path / "nudged.h5"
+    nudged.write_bytes(good.read_bytes())
+    with h5py.File(nudged, "r+") as f:
+        f["t0_fields"]["u"][:, 2, 3, 3] += np.float32(1e-3)
+    assert validate(nudged).ok
+    rep = validate(nudged, deep=2, seed=0)
+    assert any("differ from the stored ones" in e for e in rep.errors)
+    # tampered provenance: another PDE name, or no config at all
+    import json as _json
+
+    for change, match in ((lambda p: p["pde"].update(name="heat"), "names disagree"),
+                          (lambda p: p.pop("config"), "lacks its config")):
+        t = tmp_path / "t.h5"
+        t.write_bytes(good.read_bytes())
+        with h5py.File(t, "r+") as f:
+            prov = _json.loads(f.attrs["provenance"])
+            change(prov)
+            f.attrs["provenance"] = _json.dumps(prov)
+        assert any(match in e for e in validate(t).errors)
+    assert datagen.validate(good).ok

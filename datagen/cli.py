@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--integrator", default="reference", help="reference | euler | rk4 | etdrk4 | bdf | radau | rk45")
     g.add_argument("--substeps", default="1", help="internal steps per saved step, or auto")
     g.add_argument("--method", choices=["fd", "spectral"], help="space discretisation (default: by integrator)")
-    g.add_argument("--accuracy", type=int, default=2, help="finite-difference order 2, 4, 6 or 8")
+    g.add_argument("--accuracy", type=int, help="finite-difference order 2, 4, 6 or 8 (default 2; 4 on the "
+                   "reference path with walls; not for spectral methods)")
     g.add_argument("--ic", help="initial-condition sampler (default: the catalogue's)")
     g.add_argument("--ic-param", action="append", help="sampler parameter, e.g. k_max=6 (repeatable)")
     g.add_argument("--batch-size", type=int, default=32)
@@ -191,6 +192,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
         raise DatagenError("name a PDE (see `datagen list`) or pass --from FILE")
     catalogue.get(a.pde)
     splits = _split_counts(a.splits or "train=64,test=16")
+    if a.accuracy is not None and a.accuracy not in (2, 4, 6, 8):
+        raise DatagenError(f"--accuracy {a.accuracy} must be a finite-difference order 2, 4, 6 or 8")
     bv = _floats(a.boundary_value, "--boundary-value")
     grid = {"shape": list(_ints(a.grid, "--grid")), "extent": list(_floats(a.extent, "--extent")),
             "boundary": a.boundary, "boundary_value": bv[0] if len(bv) == 1 else list(bv)}
@@ -298,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if any(v != int(v) for v in vals):
                     raise DatagenError(f"--times {a.times!r} takes saved-step indices (integers) like 0,20,40")
                 times = [int(v) for v in vals]
+            if not Path(a.out).suffix:
+                raise DatagenError(f"--out {a.out!r} needs an image file name with an extension, e.g. plots/fisher.png")
             try:
                 print(plot_frames(a.file, a.out, a.trajectory, times))
             except (KeyError, TypeError) as exc:

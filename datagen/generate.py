@@ -75,7 +75,7 @@ class GenerationConfig:
     integrator: str = "reference"
     substeps: int | str = 1
     method: str | None = None
-    accuracy: int = 2
+    accuracy: int | None = None
     initial: Mapping[str, Any] | None = None
     seed: int = 0
     split: str = "train"
@@ -121,7 +121,11 @@ class GenerationConfig:
             dt = entry.dt(grid, params, self.dt_factor)
         if not (math.isfinite(dt) and dt > 0):
             raise DatagenError(f"time step dt={dt!r} must be a positive number")
-        integrator, method, accuracy, substeps = self.integrator, self.method, int(self.accuracy), self.substeps
+        integrator, method, substeps = self.integrator, self.method, self.substeps
+        given = self.accuracy not in (None, 0)  # 0 is the resolved value of spectral runs
+        accuracy = int(self.accuracy) if given else 2
+        if given and accuracy not in (2, 4, 6, 8):
+            raise DatagenError(f"accuracy={self.accuracy!r} must be a finite-difference order 2, 4, 6 or 8")
         if integrator == "reference":
             # resolve reactions too: at most h * rate = 0.25 (ETDRK4) or 0.1 (RK4) per substep
             rate = reaction_rate(pde)
@@ -134,6 +138,9 @@ class GenerationConfig:
                 substeps = max(stable, math.ceil(dt * rate / 0.1))
         method = method or "fd"
         if method == "spectral":
+            if given:
+                raise DatagenError(f"accuracy={self.accuracy} applies to finite differences; the {integrator} "
+                                   "path here is spectral: drop --accuracy or pass --method fd")
             accuracy = 0
         sampler = make_sampler(self.initial if self.initial is not None else entry.initial)
         if substeps != "auto":
@@ -527,7 +534,7 @@ def _run(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], workers:
             raise DatagenError("--scheduler needs the dask extra: pip install 'pdesurrogate[dask]'") from None
         try:
             client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
             raise DatagenError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
         try:
             futs = {client.submit(solve_batch, cfg_json, a, b, pure=False): k for k, (a, b) in zip(keys, bounds)}

@@ -165,6 +165,8 @@ class Front(Sampler):
     jitter: float = 0.0
 
     def _one(self, grid: Grid, rng: np.random.Generator) -> np.ndarray:
+        if self.axis not in (0, 1):
+            raise DatagenError(f"front needs axis 0 (x) or 1 (y), got {self.axis}")
         s = grid.meshgrid()[self.axis] / grid.extent[self.axis]
         p = self.position + self.jitter * (2 * rng.random() - 1)
         return 0.5 * (self.high + self.low) + 0.5 * (self.high - self.low) * np.tanh((p - s) / self.width)

@@ -410,3 +410,14 @@ def test_validate_deep_regenerates_and_compares(tmp_path):
     run("generate", "fisher", "--out", tmp_path, "--splits", "train=3", *SMALL)
     p = run("validate", tmp_path / "train.h5", "--deep", "--samples", "2")
     assert "byte-identical" in p.stdout and p.returncode == 0 and "invalid" not in p.stdout
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--ic", "front", "--ic-param", "axis=5"], "axis 0 (x) or 1 (y)"),
+    (["--scheduler", "notaurl"], "cannot reach the Dask scheduler"),
+    (["--accuracy", "0"], "--accuracy 0"),
+    (["--accuracy", "4"], "applies to finite differences"),  # the default reference path is spectral here
+])
+def test_more_bad_options_are_one_line_errors(tmp_path, args, match):
+    assert_one_line_error(run("generate", "fisher", "--out", tmp_path, "--splits", "train=1", *SMALL, *args,
+                              check=False), match)

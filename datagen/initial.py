@@ -26,7 +26,22 @@ class Sampler:
     name: ClassVar[str] = ""
 
     def sample(self, grid: Grid, n_fields: int, rng: np.random.Generator) -> np.ndarray:
-        """One initial state ``(n_fields, nx, ny)``; each field drawn in turn from ``rng``."""
+        """One initial state ``(n_fields, nx, ny)``; each field drawn in turn from ``rng``.
+
+        On Dirichlet grids the state is blended to the wall values, ``g + w (u - g)`` with the
+        window ``w = sin(pi x / Lx) sin(pi y / Ly)`` that vanishes on the walls, so that the data
+        meet their boundary condition instead of jumping to it in the first step.
+        """
+        u = self._state(grid, n_fields, rng)
+        if grid.boundary == "dirichlet":
+            X, Y = grid.meshgrid()
+            w = np.sin(np.pi * X / grid.extent[0]) * np.sin(np.pi * Y / grid.extent[1])
+            for k in range(n_fields):
+                g = grid.wall_value(k)
+                u[k] = g + w * (u[k] - g)
+        return u
+
+    def _state(self, grid: Grid, n_fields: int, rng: np.random.Generator) -> np.ndarray:
         return np.stack([self._one(grid, rng) for _ in range(n_fields)])
 
     def _one(self, grid: Grid, rng: np.random.Generator) -> np.ndarray:  # pragma: no cover
@@ -182,7 +197,7 @@ class Patches(Sampler):
     size: float = 0.1
     noise: float = 0.01
 
-    def sample(self, grid: Grid, n_fields: int, rng: np.random.Generator) -> np.ndarray:
+    def _state(self, grid: Grid, n_fields: int, rng: np.random.Generator) -> np.ndarray:
         """One ``(2, nx, ny)`` state; refuses other field counts."""
         if n_fields != 2:
             raise DatagenError(f"the 'patches' initial condition is for two-field systems, not {n_fields}")
@@ -195,7 +210,8 @@ class Patches(Sampler):
             u[m], v[m] = 0.5, 0.25
         u += self.noise * (2 * rng.random(grid.shape) - 1)
         v += self.noise * (2 * rng.random(grid.shape) - 1)
-        return np.stack([u, v])
+        # concentrations: the noise may not make a species negative
+        return np.maximum(np.stack([u, v]), 0.0)
 
 
 SAMPLERS: dict[str, type[Sampler]] = {c.name: c for c in (SinCos, Fourier, GRF, Bumps, Front, Patches)}

@@ -362,7 +362,7 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
             walls = [float(v) for v in (bv if isinstance(bv, list) else [bv])]
             if bounds and any(not bounds[0] <= w <= bounds[1] for w in walls):
                 bounds = None
-        nonfinite, stationary, escaped, negative, unreadable, grown = [], [], [], [], [], []
+        nonfinite, stationary, escaped, negative, unreadable, grown, offwall = [], [], [], [], [], [], []
         ranges = {name: [np.inf, -np.inf] for name in names}
         walls_max = max([abs(w) for w in walls], default=0.0)
         for i in range(n):
@@ -374,6 +374,15 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
             if not np.all(np.isfinite(traj)):
                 nonfinite.append(i)
                 continue
+            if walls:
+                for k in range(traj.shape[1]):
+                    g = walls[k] if k < len(walls) else walls[0]
+                    u0k = traj[0, k]
+                    edge = np.concatenate([u0k[0], u0k[-1], u0k[1:-1, 0], u0k[1:-1, -1]])
+                    spread = float(np.abs(u0k - g).max())
+                    if spread > 0 and float(np.abs(edge - g).mean()) > 0.25 * spread:
+                        offwall.append(i)
+                        break
             m0 = max(float(np.abs(traj[0]).max()), walls_max)
             limit = _growth_bound(pde_spec, m0, t_end)
             if float(np.abs(traj).max()) > 1.1 * limit + 1e-6:
@@ -421,6 +430,9 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
             )
         if stationary:
             rep.warnings.append(f"{len(stationary)} trajectories went stationary (first: {stationary[0]})")
+        if offwall:
+            rep.warnings.append(f"{len(offwall)} trajectories start away from their Dirichlet wall values at the "
+                                f"edge nodes (first: {offwall[0]}): the first steps then carry a boundary layer")
         if deep and not rep.errors:
             _deep_check(f, prov, names, n, deep, seed, rep)
     return rep

@@ -269,3 +269,30 @@ def test_checksums_growth_bounds_provenance_and_deep_validation(tmp_path):
             f.attrs["provenance"] = _json.dumps(prov)
         assert any(match in e for e in validate(t).errors)
     assert datagen.validate(good).ok
+
+
+def test_dirichlet_initial_data_meet_the_wall_and_species_stay_non_negative(tmp_path):
+    import datagen
+
+    g = Grid((24, 24), boundary="dirichlet", boundary_value=-1.0)
+    u0 = datagen.initial.SinCos(1, 2, offset=0.5).sample(g, 1, np.random.default_rng(0))[0]
+    edge = np.concatenate([u0[0], u0[-1], u0[:, 0], u0[:, -1]])
+    assert np.abs(edge + 1.0).max() < 0.5 and np.abs(u0 + 1.0).max() > 1.0  # near the wall, not flat
+    cfg = GenerationConfig(pde="heat", grid=g.to_dict(), steps=2, n_trajectories=2, integrator="euler",
+                           method="fd")
+    rep = validate(generate(cfg, tmp_path / "d.h5"))
+    assert not any("wall values" in w for w in rep.warnings), rep.warnings
+    gs = datagen.initial.Patches(noise=0.05).sample(Grid((32, 32)), 2, np.random.default_rng(1))
+    assert gs.min() >= 0.0
+
+
+def test_validate_flags_initial_data_away_from_the_walls(tmp_path):
+    g = Grid((24, 24), boundary="dirichlet", boundary_value=-1.0)
+    cfg = GenerationConfig(pde="heat", grid=g.to_dict(), steps=2, n_trajectories=1, integrator="euler", method="fd")
+    path = generate(cfg, tmp_path / "d.h5")
+    with h5py.File(path, "r+") as f:
+        u = f["t0_fields"]["u"]
+        frame = u[0, 0]
+        frame[0, :], frame[-1, :], frame[:, 0], frame[:, -1] = 0.9, 0.9, 0.9, 0.9
+        u[0, 0] = frame
+    assert any("Dirichlet wall values" in w for w in validate(path).warnings)

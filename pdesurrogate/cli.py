@@ -54,7 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--horizons", default="1,10,20,40", help="steps shown in the table (default 1,10,20,40)")
     p.add_argument("--out", help="write the full report as netCDF (needs scipy or netCDF4) or .csv")
     p.add_argument("--plots", help="folder for figures (needs matplotlib)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="override [fit] device (auto, cpu, cuda)")
     t.add_argument("--float64", action="store_true", help="train in float64")
     t.add_argument("--steps", type=int, default=40, help="horizon of the final test evaluation (default 40)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     return p
 
 

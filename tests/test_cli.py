@@ -421,3 +421,21 @@ def test_validate_deep_regenerates_and_compares(tmp_path):
 def test_more_bad_options_are_one_line_errors(tmp_path, args, match):
     assert_one_line_error(run("generate", "fisher", "--out", tmp_path, "--splits", "train=1", *SMALL, *args,
                               check=False), match)
+
+
+def test_every_option_has_help_and_quiet_verbose_work(tmp_path):
+    import argparse
+
+    from datagen.cli import build_parser
+    from pdesurrogate.cli import build_parser as ps_parser
+
+    for parser in (build_parser(), ps_parser()):
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for name, sp in sub.choices.items():
+            missing = [x.dest for x in sp._actions if not x.help and x.dest != "help"]
+            assert not missing, (parser.prog, name, missing)
+    p = run("generate", "fisher", "--out", tmp_path, "--splits", "train=1", "--grid", "16,16", "--steps", "2", "-v")
+    assert "resolved configuration" in p.stderr and '"integrator": "etdrk4"' in p.stderr
+    p = run("generate", "fisher", "--out", tmp_path, "--splits", "train=1", "--grid", "16,16", "--steps", "2", "-q",
+            "--resume")
+    assert p.stderr == ""

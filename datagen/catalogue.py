@@ -78,7 +78,10 @@ def burgers(nu: float = 0.01) -> PDE:
 
 def _diffusive_scale(*keys: str) -> Callable[[Grid, dict], float]:
     def scale(grid: Grid, p: dict) -> float:
-        return min(grid.spacing) ** 2 / max(abs(p[k]) for k in keys)
+        d = max(abs(p[k]) for k in keys)
+        if d == 0:
+            raise DatagenError(f"the default time step scales with {'/'.join(keys)}, which is 0 here: give --dt")
+        return min(grid.spacing) ** 2 / d
     return scale
 
 

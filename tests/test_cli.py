@@ -439,3 +439,12 @@ def test_every_option_has_help_and_quiet_verbose_work(tmp_path):
     p = run("generate", "fisher", "--out", tmp_path, "--splits", "train=1", "--grid", "16,16", "--steps", "2", "-q",
             "--resume")
     assert p.stderr == ""
+
+
+def test_nonlinear_cfl_is_checked_before_solving(tmp_path):
+    args = ["generate", "burgers", "--out", tmp_path / "o", "--splits", "train=2", "--grid", "32,32", "--steps", "3",
+            "--integrator", "rk4", "--method", "fd", "--param", "nu=0", "--quiet"]
+    assert_one_line_error(run(*args, check=False), "give --dt")
+    p = run(*args, "--dt", "0.05", "--ic-param", "amplitude=2", check=False)
+    assert_one_line_error(p, "nonlinear transport of burgers moves 6.4 cells per substep")
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())

@@ -482,7 +482,15 @@ def _writer_main(conn, out: Path, files: list[Path], meta: dict, compression: st
     os.dup2(devnull, 2)  # libhdf5's own complaints are noise; the parent prints one line
     try:
         write_dataset(out, (np.load(f, mmap_mode="r") for f in files), meta=meta, compression=compression)
-        conn.send(None)
+        # the output is whole: its work is garbage even if the parent died meanwhile
+        work = {f.parent for f in files}
+        for w in work:
+            if w.name.endswith(".partial"):
+                shutil.rmtree(w, ignore_errors=True)
+        try:
+            conn.send(None)
+        except OSError:  # the parent is gone: nobody to tell
+            pass
     except BaseException as exc:  # report, whatever it is; the parent decides
         text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         m = re.search(r"error message = '([^']+)'", text)

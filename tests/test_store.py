@@ -296,3 +296,17 @@ def test_validate_flags_initial_data_away_from_the_walls(tmp_path):
         frame[0, :], frame[-1, :], frame[:, 0], frame[:, -1] = 0.9, 0.9, 0.9, 0.9
         u[0, 0] = frame
     assert any("Dirichlet wall values" in w for w in validate(path).warnings)
+
+
+def test_the_writer_removes_the_work_folder_itself(tmp_path):
+    """So a writer that finishes after its parent died leaves no work behind."""
+    from datagen.generate import _write_isolated
+
+    grid = Grid((8, 8))
+    work = tmp_path / ".x.h5.partial"
+    work.mkdir()
+    np.save(work / "batch_000000.npy", np.zeros((2, 3, 1, 8, 8), np.float32))
+    meta = {"dataset_name": "fisher", "fields": ["u"], "parameters": {"a": 0.01, "r": 1.0}, "n_trajectories": 2,
+            "time": np.arange(3) * 0.1, "x": grid.x, "y": grid.y, "boundary": grid.to_dict(), "provenance": {}}
+    _write_isolated(tmp_path / "x.h5", [work / "batch_000000.npy"], meta, "none")
+    assert (tmp_path / "x.h5").exists() and not work.exists()

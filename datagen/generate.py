@@ -354,6 +354,7 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
         raise DatagenError(f"workers={workers} must be at least 1")
     pde = catalogue.make_pde(config.pde, dict(config.params))
     grid = Grid.from_dict(config.grid)
+    _check_memory(config, pde.n_fields, grid, workers if not scheduler else 1)
     _check_space(out, pde.n_fields * grid.n_cells * 4 * (int(config.steps) + 1) * int(config.n_trajectories))
     cfg = config.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -408,10 +409,11 @@ def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers:
             f"writing {out} failed: {exc.strerror or exc}; nothing was written under that name "
             "(free space if the disk is full, then rerun with --resume)"
         ) from None
-    except Exception:
+    except Exception as exc:
         # a run that fails on its input (a blow-up, a bad scheduler) would fail again: its work
         # folder must not block the corrected rerun; interruptions keep theirs for --resume
-        shutil.rmtree(work, ignore_errors=True)
+        if not getattr(exc, "resumable", False):
+            shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
         report(None)
@@ -522,6 +524,33 @@ def _write_isolated(out: Path, files: list[Path], meta: dict, compression: str) 
         raise OSError(msg)
 
 
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(cfg: GenerationConfig, n_fields: int, grid: Grid, workers: int) -> None:
+    """Refuse before allocating when a batch cannot fit: each worker holds the float64 rollout of
+    its batch, its float32 copy and about ten frames of stepper temporaries."""
+    frame = n_fields * grid.n_cells
+    try:
+        batch = min(int(cfg.batch_size), int(cfg.n_trajectories))
+        need = workers * batch * frame * ((int(cfg.steps) + 1) * 12 + 10 * 8)
+    except (TypeError, ValueError):
+        return  # malformed counts: resolve() reports them
+    avail = _available_memory()
+    if avail is not None and need > avail:
+        raise DatagenError(
+            f"solving needs about {need / 2**30:.3g} GiB ({workers} worker(s) x a batch of {batch} trajectories of "
+            f"{int(cfg.steps) + 1} frames of {grid.shape[0]} x {grid.shape[1]}), more than the {avail / 2**30:.3g} "
+            "GiB available: lower --batch-size or --workers, or use a smaller grid")
+
+
 def _check_space(out: Path, dataset_bytes: int) -> None:
     """Refuse before any work when the disk cannot hold the work files and the final file."""
     folder = out.parent
@@ -574,10 +603,20 @@ def _run(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], workers:
         try:
             futs = {client.submit(solve_batch, cfg_json, a, b, pure=False): k for k, (a, b) in zip(keys, bounds)}
             for fut in as_completed(futs):
-                yield futs[fut], fut.result()
+                try:
+                    result = fut.result()
+                except (OSError, TimeoutError) as exc:  # the scheduler or a worker went away
+                    err = DatagenError(f"lost the Dask scheduler at {scheduler} ({type(exc).__name__}: {exc}); the "
+                                       "finished batches are kept: rerun with --resume")
+                    err.resumable = True
+                    raise err from None
+                yield futs[fut], result
                 fut.release()
         finally:
-            client.close()
+            try:
+                client.close()
+            except (OSError, TimeoutError):
+                pass
         return
     if workers == 1:
         for k, (a, b) in zip(keys, bounds):

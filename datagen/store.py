@@ -203,6 +203,17 @@ def open_dataset(path: str | os.PathLike, lazy: bool = False):
                  **{k: float(v) for k, v in pde.parameters.items()}}
         ds = xr.Dataset(data_vars, coords={"trajectory": np.arange(f.attrs["n_trajectories"]),
                                            "time": time, "x": grid.x, "y": grid.y}, attrs=attrs)
+    except (KeyError, TypeError, ValueError) as exc:
+        if not lazy:
+            f.close()
+        if isinstance(exc, DatagenError):
+            raise
+        raise DatagenError(f"{path} is damaged or was edited: {type(exc).__name__}: {str(exc).strip(chr(34))} "
+                           "(`datagen validate` says more)") from None
+    except OSError as exc:
+        if not lazy:
+            f.close()
+        raise DatagenError(f"{path}: reading failed ({exc}); a checksum error means bit rot or tampering") from None
     finally:
         if not lazy:
             f.close()

@@ -401,7 +401,7 @@ def test_damaged_provenance_and_bad_times_are_one_line_errors(tmp_path):
         prov.pop("config")
         h.attrs["provenance"] = _json.dumps(prov)
     assert_one_line_error(run("info", f, check=False), "provenance is incomplete")
-    assert_one_line_error(run("plot", f, "--out", tmp_path / "p.png", check=False), "provenance is incomplete")
+    assert_one_line_error(run("plot", f, "--out", tmp_path / "p.png", check=False), "damaged or was edited")
     p = run("validate", f, check=False)
     assert p.returncode == 1 and "lacks its config" in p.stdout
 

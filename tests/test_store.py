@@ -310,3 +310,25 @@ def test_the_writer_removes_the_work_folder_itself(tmp_path):
             "time": np.arange(3) * 0.1, "x": grid.x, "y": grid.y, "boundary": grid.to_dict(), "provenance": {}}
     _write_isolated(tmp_path / "x.h5", [work / "batch_000000.npy"], meta, "none")
     assert (tmp_path / "x.h5").exists() and not work.exists()
+
+
+@pytest.mark.parametrize("edit", ["del_field", "no_config", "del_time"])
+def test_open_dataset_on_tampered_files_is_a_one_line_error(tmp_path, edit):
+    path = generate(GenerationConfig(**SMALL), tmp_path / "a.h5")
+    with h5py.File(path, "r+") as f:
+        if edit == "del_field":
+            del f["t0_fields"]["u"]
+        elif edit == "no_config":
+            prov = json.loads(f.attrs["provenance"])
+            prov.pop("config")
+            f.attrs["provenance"] = json.dumps(prov)
+        else:
+            del f["dimensions"]["time"]
+    with pytest.raises(DatagenError, match="damaged or was edited"):
+        open_dataset(path)
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_allocating(tmp_path):
+    cfg = GenerationConfig(**{**SMALL, "grid": Grid((40000, 40000)).to_dict(), "n_trajectories": 1, "steps": 3})
+    with pytest.raises(DatagenError, match="GiB available"):
+        generate(cfg, tmp_path / "huge.h5")

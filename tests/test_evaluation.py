@@ -289,3 +289,15 @@ def test_tracked_lipschitz_approaches_the_dense_norm_from_below(tmp_path, rng):
     assert np.all(lip <= exact * (1 + 1e-6))
     assert np.all(lip[:, -1] >= exact * (1 - 1e-3)), (lip[:, -1], exact)
     assert sp.attrs["lipschitz_iterations"] == 0.5
+
+
+def test_benchmarks_take_the_published_folder_as_an_argument(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PDESURROGATE_PUBLISHED"}
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / "anchors.py"), "--published", str(tmp_path / "none")],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode != 0 and f"published weights not found at {tmp_path / 'none'}" in p.stderr
+    env["PDESURROGATE_PUBLISHED"] = str(tmp_path / "elsewhere")
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / "anchors.py")], capture_output=True, text=True,
+                       env=env)
+    assert p.returncode != 0 and "elsewhere" in p.stderr

@@ -10,6 +10,7 @@ from .grid import Grid
 from .initial import make_sampler
 from .integrators import ETDRK4, RK4, Euler, ScipyIVP, make_integrator
 from .modified import modified_equation
+from .parse import parse_pde
 from .pde import PDE, Derivative, Term
 from .semidiscrete import SemiDiscrete
 from .store import open_dataset, read_provenance, validate
@@ -19,5 +20,5 @@ __version__ = "0.1.0"
 __all__ = [
     "catalogue", "DatagenError", "GenerationConfig", "generate", "generate_splits", "Grid", "make_sampler",
     "Euler", "RK4", "ETDRK4", "ScipyIVP", "make_integrator", "PDE", "Derivative", "Term", "SemiDiscrete",
-    "open_dataset", "read_provenance", "validate", "solve", "modified_equation", "__version__",
+    "open_dataset", "read_provenance", "validate", "solve", "modified_equation", "parse_pde", "__version__",
 ]

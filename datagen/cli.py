@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="solve and write HDF5 datasets", epilog=EPILOG)
     g.add_argument("pde", nargs="?", help="catalogue name (see `datagen list`)")
+    g.add_argument("--pde", dest="pde_text", help="your own PDE as text instead, e.g. \"u_t = 0.01*(u_xx + u_yy) + "
+                   "u - u**2\" (one equation per field, separated by ';'; parameters by --param)")
+    g.add_argument("--field", action="append", help="field order of --pde (repeatable; default: as the equations)")
+    g.add_argument("--name", default="custom", help="dataset name of a --pde run (default custom)")
     g.add_argument("--out", required=True, help="output folder; one <split>.h5 per split")
     g.add_argument("--from", dest="from_file", help="regenerate a dataset from its own provenance (with --out, "
                    "--workers, --scheduler, --resume, --overwrite, --quiet, and --splits to make other splits of the "
@@ -133,8 +137,8 @@ def cmd_list() -> int:
 
 
 # generation options that --from takes from the provenance instead
-FROM_CONFLICTS = ("steps", "seed", "param", "grid", "extent", "boundary", "boundary_value", "dt", "dt_factor",
-                  "integrator", "substeps", "method", "accuracy", "ic", "ic_param", "batch_size", "compression",
+FROM_CONFLICTS = ("pde_text", "field", "steps", "seed", "param", "grid", "extent", "boundary", "boundary_value", "dt",
+                  "dt_factor", "integrator", "substeps", "method", "accuracy", "ic", "ic_param", "batch_size", "compression",
                   "backend")
 
 
@@ -189,9 +193,24 @@ def cmd_generate(a: argparse.Namespace) -> int:
         for path in generate_splits(cfg, _split_counts(a.splits), a.out, **kwargs):
             print(path)
         return 0
-    if not a.pde:
-        raise DatagenError("name a PDE (see `datagen list`) or pass --from FILE")
-    catalogue.get(a.pde)
+    spec = None
+    if a.pde_text:
+        if a.pde:
+            raise DatagenError(f"give either a catalogue name ({a.pde!r}) or --pde TEXT, not both")
+        from .parse import parse_pde
+
+        try:
+            values = {k: float(v) for k, v in _pairs(a.param, "--param").items()}
+        except ValueError:
+            raise DatagenError(f"--param values must be numbers, got {a.param}") from None
+        from .generate import check_split_name
+
+        check_split_name(a.name)  # it names the dataset
+        spec = parse_pde(a.pde_text, fields=a.field, params=values, name=a.name).to_dict()
+    elif not a.pde:
+        raise DatagenError("name a PDE (see `datagen list`), pass --pde TEXT, or --from FILE")
+    else:
+        catalogue.get(a.pde)
     splits = _split_counts(a.splits or "train=64,test=16")
     if a.accuracy is not None and a.accuracy not in (2, 4, 6, 8):
         raise DatagenError(f"--accuracy {a.accuracy} must be a finite-difference order 2, 4, 6 or 8")
@@ -200,11 +219,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
             "boundary": a.boundary, "boundary_value": bv[0] if len(bv) == 1 else list(bv)}
     initial = None
     if a.ic or a.ic_param:
-        base = dict(catalogue.get(a.pde).initial)
+        base = dict(catalogue.get(a.pde).initial) if spec is None else {"name": "fourier"}
         name = a.ic or base["name"]
         # the user's parameters go over the catalogue's defaults for its own sampler
         initial = {**(base if name == base["name"] else {}), "name": name, **_pairs(a.ic_param, "--ic-param")}
-    cfg = GenerationConfig(pde=a.pde, params=_pairs(a.param, "--param"), grid=grid, steps=a.steps, dt=a.dt,
+    cfg = GenerationConfig(pde=a.pde or a.name, params=_pairs(a.param, "--param") if spec is None else {},
+                           spec=spec, grid=grid, steps=a.steps, dt=a.dt,
                            dt_factor=a.dt_factor, integrator=a.integrator, substeps=a.substeps, method=a.method,
                            accuracy=a.accuracy, initial=initial, seed=a.seed, batch_size=a.batch_size,
                            compression=a.compression, backend=a.backend)

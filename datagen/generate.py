@@ -32,6 +32,7 @@ from . import catalogue
 from .errors import DatagenError
 from .grid import Grid
 from .initial import make_sampler
+from .pde import PDE
 from .integrators import RK4, make_integrator, reaction_rate
 from .semidiscrete import SemiDiscrete
 from .store import COMPRESSIONS, write_dataset
@@ -46,8 +47,12 @@ class GenerationConfig:
     """Everything that determines a dataset. ``resolve()`` fills the defaults in.
 
     Args:
-        pde: catalogue name (``datagen list``).
+        pde: catalogue name (``datagen list``); with ``spec``, the spec's name.
         params: PDE parameters overriding the catalogue defaults.
+        spec: a PDE of the user's own (a :class:`datagen.PDE`, its ``to_dict()`` or JSON, e.g.
+            from :func:`datagen.parse_pde`) instead of a catalogue entry; its parameters are its
+            own, ``dt`` defaults to 0.24 dx^2 over its largest diffusion coefficient and the
+            initial condition to ``fourier``.
         grid: ``Grid.to_dict()``-style mapping (shape, extent, boundary, boundary_value).
         steps: saved steps after the initial state (the file holds ``steps + 1`` frames).
         dt: saved time step; ``None`` uses ``dt_factor`` times the PDE's time scale.
@@ -85,14 +90,37 @@ class GenerationConfig:
     backend: str = "numpy"
     rtol: float = 1e-8
     atol: float = 1e-10
+    spec: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_split_name(self.split)
+        if self.spec is not None:
+            spec = self.spec
+            if isinstance(spec, str):
+                try:
+                    spec = json.loads(spec)
+                except ValueError:
+                    raise DatagenError("spec must be a PDE, its to_dict() or its JSON") from None
+            if isinstance(spec, PDE):
+                spec = spec.to_dict()
+            if not isinstance(spec, Mapping):
+                raise DatagenError("spec must be a PDE, its to_dict() or its JSON")
+            PDE.from_dict(spec)  # checks it
+            object.__setattr__(self, "spec", dict(spec))
+            object.__setattr__(self, "pde", str(spec.get("name", "custom")))
+
+    def make_pde(self) -> PDE:
+        """The PDE: the catalogue's with ``params``, or ``spec``."""
+        if self.spec is not None:
+            if self.params:
+                raise DatagenError("a user PDE carries its own parameters: set them in the spec (parse_pde(params=))")
+            return PDE.from_dict(self.spec)
+        return catalogue.make_pde(self.pde, dict(self.params))
 
     def resolve(self) -> "GenerationConfig":
         """A copy with every default made explicit and every value checked."""
-        entry = catalogue.get(self.pde)
-        pde = catalogue.make_pde(self.pde, dict(self.params))
+        entry = catalogue.get(self.pde) if self.spec is None else None
+        pde = self.make_pde()
         params = {k: float(v) for k, v in pde.parameters.items()}
         bad = [f"{k}={v}" for k, v in params.items() if not math.isfinite(v)]
         if bad:
@@ -118,7 +146,7 @@ class GenerationConfig:
         else:
             if self.dt_factor is not None and not (self.dt_factor > 0):
                 raise DatagenError(f"dt_factor={self.dt_factor!r} must be positive")
-            dt = entry.dt(grid, params, self.dt_factor)
+            dt = entry.dt(grid, params, self.dt_factor) if entry is not None else _spec_dt(pde, grid, self.dt_factor)
         if not (math.isfinite(dt) and dt > 0):
             raise DatagenError(f"time step dt={dt!r} must be a positive number")
         integrator, method, substeps = self.integrator, self.method, self.substeps
@@ -142,14 +170,16 @@ class GenerationConfig:
                 raise DatagenError(f"accuracy={self.accuracy} applies to finite differences; the {integrator} "
                                    "path here is spectral: drop --accuracy or pass --method fd")
             accuracy = 0
-        sampler = make_sampler(self.initial if self.initial is not None else entry.initial)
+        default_ic = entry.initial if entry is not None else {"name": "fourier"}
+        sampler = make_sampler(self.initial if self.initial is not None else default_ic)
         if substeps != "auto":
             try:
                 substeps = int(substeps)
             except (TypeError, ValueError):
                 raise DatagenError(f"substeps={substeps!r} must be a positive integer or 'auto'") from None
         cfg = GenerationConfig(
-            pde=self.pde, params=params, grid=grid.to_dict(), steps=int(self.steps), dt=dt, dt_factor=None,
+            pde=self.pde, params=params if self.spec is None else {}, spec=self.spec, grid=grid.to_dict(),
+            steps=int(self.steps), dt=dt, dt_factor=None,
             integrator=integrator, substeps=substeps, method=method, accuracy=accuracy,
             initial=sampler.to_dict(), seed=int(self.seed), split=str(self.split),
             n_trajectories=int(self.n_trajectories), batch_size=int(self.batch_size),
@@ -165,6 +195,8 @@ class GenerationConfig:
         d = asdict(self)
         d["params"], d["grid"] = dict(self.params), dict(self.grid)
         d["initial"] = dict(self.initial) if self.initial is not None else None
+        if self.spec is None:
+            del d["spec"]  # catalogue runs: provenance as before
         return d
 
     @classmethod
@@ -193,10 +225,20 @@ def trajectory_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(zlib.crc32(split.encode()), index)))
 
 
+def _spec_dt(pde: PDE, grid: Grid, factor: float | None) -> float:
+    """Default saved step of a user PDE: ``factor`` (0.24) times dx^2 over its largest diffusion
+    coefficient (linear second-derivative terms)."""
+    d = max((abs(t.coeff) for eq in pde.rhs for t in eq
+             if len(t.factors) == 1 and t.factors[0].total_order == 2), default=0.0)
+    if d == 0:
+        raise DatagenError(f"{pde.name} has no diffusion term to set a default time step from: give dt (--dt)")
+    return float((0.24 if factor is None else factor) * min(grid.spacing) ** 2 / d)
+
+
 @lru_cache(maxsize=8)
 def _build(cfg_json: str):
     cfg = json.loads(cfg_json)
-    pde = catalogue.make_pde(cfg["pde"], cfg["params"])
+    pde = PDE.from_dict(cfg["spec"]) if cfg.get("spec") else catalogue.make_pde(cfg["pde"], cfg["params"])
     grid = Grid.from_dict(cfg["grid"])
     sd = SemiDiscrete(pde, grid, accuracy=cfg["accuracy"] or 2, method=cfg["method"], backend=cfg["backend"])
     stepper = make_integrator(cfg["integrator"], sd, cfg["dt"], cfg["substeps"], rtol=cfg["rtol"], atol=cfg["atol"])
@@ -352,7 +394,7 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
         raise DatagenError(f"{out} exists; pass --overwrite to replace it")
     if workers < 1:
         raise DatagenError(f"workers={workers} must be at least 1")
-    pde = catalogue.make_pde(config.pde, dict(config.params))
+    pde = config.make_pde()
     grid = Grid.from_dict(config.grid)
     _check_memory(config, pde.n_fields, grid, workers if not scheduler else 1)
     _check_space(out, pde.n_fields * grid.n_cells * 4 * (int(config.steps) + 1) * int(config.n_trajectories))

@@ -119,4 +119,7 @@ def _terms(sympy, text: str, fields: Sequence[str], params: Mapping[str, float])
         for g, p in zip(gens, powers):
             factors += [derivs[str(g)]] * int(p)
         out.append(Term(c, tuple(factors)))
-    return out
+    # the catalogue's order (highest derivatives first, then by degree), so that a typed catalogue
+    # PDE evaluates its terms in the same order and gives the same bytes
+    return sorted(out, key=lambda t: (-max((d.total_order for d in t.factors), default=0), t.degree,
+                                      tuple((d.field, -d.order[0], -d.order[1]) for d in t.factors)))

@@ -283,12 +283,13 @@ def _check_provenance(f, prov: dict, rep: "ValidationReport") -> None:
         return
     try:
         stored = PDE.from_dict(spec)
-        expect = catalogue.make_pde(cfg["pde"], dict(cfg.get("params", {})))
+        expect = (PDE.from_dict(cfg["spec"]) if cfg.get("spec") else
+                  catalogue.make_pde(cfg["pde"], dict(cfg.get("params", {}))))
     except (DatagenError, KeyError, TypeError, ValueError) as exc:
         rep.errors.append(f"the provenance's PDE cannot be rebuilt ({exc})")
         return
     if stored.to_dict() != expect.to_dict():
-        rep.errors.append(f"the stored PDE spec differs from {cfg['pde']} with the recorded parameters")
+        rep.errors.append(f"the stored PDE spec differs from {cfg['pde']} as the config defines it")
     for k, v in stored.parameters.items():
         if k in f.attrs and not np.isclose(float(f.attrs[k]), float(v), rtol=1e-12, atol=0):
             rep.errors.append(f"root attribute {k}={float(f.attrs[k])!r} disagrees with the provenance ({v!r})")

@@ -332,3 +332,14 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_allocating(tmp_path
     cfg = GenerationConfig(**{**SMALL, "grid": Grid((40000, 40000)).to_dict(), "n_trajectories": 1, "steps": 3})
     with pytest.raises(DatagenError, match="GiB available"):
         generate(cfg, tmp_path / "huge.h5")
+
+
+def test_growth_bound_solves_the_comparison_ode():
+    from datagen.store import _growth_bound
+
+    # Fisher: m' = m + m^2 from m0, solved exactly: m0 e^t / (1 + m0 - m0 e^t), blowing up at ln(1 + 1/m0)
+    t = 0.096
+    exact = np.exp(t) / (2 - np.exp(t))
+    assert _growth_bound(catalogue.fisher(), 1.0, t) == pytest.approx(exact, rel=1e-9)
+    assert _growth_bound(catalogue.fisher(), 4.0, 1.0) == np.inf  # past the blow-up time ln(1.25)
+    assert _growth_bound(catalogue.heat(), 0.7, 5.0) == 0.7  # no reaction: the maximum principle

@@ -18,6 +18,9 @@ def test_fisher_as_text_is_the_catalogue_spec():
                          ("u_t = a*(u_xx + u_yy) + r*u*(1 - u)", {"a": 0.01, "r": 1.0})):
         pde = parse_pde(text, params=params, name="fisher")
         assert pde.fields == ("u",) and _canon(pde) == _canon(catalogue.fisher())
+    # with its parameters by name, the typed spec is the catalogue's, term order included
+    typed = parse_pde("u_t = a*(u_xx + u_yy) + r*u*(1 - u)", params={"a": 0.01, "r": 1.0}, name="fisher")
+    assert typed == catalogue.fisher()
     g = Grid((16, 16))
     u0 = np.random.default_rng(0).random((2, 1, 16, 16))
     a = datagen.Euler(datagen.SemiDiscrete(parse_pde("u_t = 0.01*(u_xx + u_yy) + u - u**2"), g), 1e-3).rollout(u0, 3)

@@ -268,6 +268,11 @@ def _info(path: str) -> int:
     if cfg["method"] == "fd":
         solver += f" accuracy {cfg['accuracy']}"
     print(f"  solver:     {solver}")
+    ref = prov.get("reference_error")
+    if ref:
+        used = sorted(set(ref["substeps"]))
+        print(f"  error:      worst estimated {ref['worst']:.2g} (trajectory {ref['worst_trajectory']}; tolerance "
+              f"{ref['tolerance']:.2g}), substeps used {', '.join(map(str, used))}")
     print(f"  initial:    {json.dumps(cfg['initial'])}")
     print(f"  split:      {cfg['split']}, {cfg['n_trajectories']} trajectories, seed {cfg['seed']}")
     for k, (lo, hi) in rep.facts.get("ranges", {}).items():

@@ -69,6 +69,9 @@ class GenerationConfig:
         backend: ``"numpy"`` or ``"numba"`` (compiled finite differences; recorded, since the
             two agree only to round-off).
         rtol, atol: tolerances of the scipy integrators.
+        tolerance: the reference path's target relative error at the last saved step (default
+            1e-7): each trajectory's substeps are doubled until a step-doubling estimate of its
+            error meets it, and the estimates are recorded in the provenance.
     """
 
     pde: str = "fisher"
@@ -91,6 +94,7 @@ class GenerationConfig:
     rtol: float = 1e-8
     atol: float = 1e-10
     spec: Mapping[str, Any] | None = None
+    tolerance: float | None = None
 
     def __post_init__(self) -> None:
         check_split_name(self.split)
@@ -150,6 +154,15 @@ class GenerationConfig:
         if not (math.isfinite(dt) and dt > 0):
             raise DatagenError(f"time step dt={dt!r} must be a positive number")
         integrator, method, substeps = self.integrator, self.method, self.substeps
+        tolerance = None
+        if integrator == "reference":
+            tolerance = 1e-7 if self.tolerance is None else float(self.tolerance)
+            if not (math.isfinite(tolerance) and tolerance > 0):
+                raise DatagenError(f"tolerance={self.tolerance!r} must be a positive number")
+        elif self.tolerance is not None:
+            tolerance = float(self.tolerance)
+            if integrator not in ("etdrk4", "rk4") or not (math.isfinite(tolerance) and tolerance > 0):
+                raise DatagenError("tolerance applies to the reference path (etdrk4 or rk4 substeps)")
         given = self.accuracy not in (None, 0)  # 0 is the resolved value of spectral runs
         accuracy = int(self.accuracy) if given else 2
         if given and accuracy not in (2, 4, 6, 8):
@@ -184,6 +197,7 @@ class GenerationConfig:
             initial=sampler.to_dict(), seed=int(self.seed), split=str(self.split),
             n_trajectories=int(self.n_trajectories), batch_size=int(self.batch_size),
             compression=self.compression, backend=self.backend, rtol=float(self.rtol), atol=float(self.atol),
+            tolerance=tolerance,
         )
         stepper = _build(json.dumps(cfg.to_dict(), sort_keys=True))[2]
         if cfg.substeps == "auto":  # record the count actually used
@@ -197,6 +211,8 @@ class GenerationConfig:
         d["initial"] = dict(self.initial) if self.initial is not None else None
         if self.spec is None:
             del d["spec"]  # catalogue runs: provenance as before
+        if self.tolerance is None:
+            del d["tolerance"]
         return d
 
     @classmethod
@@ -245,8 +261,9 @@ def _build(cfg_json: str):
     return pde, grid, stepper, make_sampler(cfg["initial"])
 
 
-def solve_batch(cfg_json: str, start: int, stop: int) -> np.ndarray:
-    """Trajectories ``start..stop-1`` of a resolved config, float32 ``(b, steps+1, field, x, y)``."""
+def solve_batch(cfg_json: str, start: int, stop: int, with_errors: bool = False):
+    """Trajectories ``start..stop-1`` of a resolved config, float32 ``(b, steps+1, field, x, y)``;
+    with ``with_errors``, also the estimated errors and substeps of each (see ``_rollout``)."""
     cfg = json.loads(cfg_json)
     pde, grid, stepper, sampler = _build(cfg_json)
     u0 = np.stack([sampler.sample(grid, pde.n_fields, trajectory_rng(cfg["seed"], cfg["split"], i))
@@ -256,7 +273,8 @@ def solve_batch(cfg_json: str, start: int, stop: int) -> np.ndarray:
         raise DatagenError(f"the initial condition of trajectory {start + _first_bad(u0[:, None])[0]} is not finite; "
                            "check the --ic-param values")
     with np.errstate(all="ignore"):  # a blow-up is reported below, once, with its cause
-        out = stepper.rollout(u0, cfg["steps"]).astype(np.float32)
+        traj, est, used = _rollout(cfg_json, u0, cfg["steps"])
+        out = traj.astype(np.float32)
     if not np.all(np.isfinite(out)):
         i, n = _first_bad(out)
         big = float(np.abs(u0).max())
@@ -265,7 +283,53 @@ def solve_batch(cfg_json: str, start: int, stop: int) -> np.ndarray:
             f"step dt={cfg['dt']:.3g} with {cfg['substeps']} substep(s) of {cfg['integrator']} is likely too large "
             f"for this PDE's stability limit or reaction rate (initial max |u| = {big:.3g}); lower --dt or "
             "--dt-factor, raise --substeps, use --integrator reference, or lower the initial amplitude")
+    if with_errors:
+        return out, est, used
     return out
+
+
+@lru_cache(maxsize=16)
+def _stepper(cfg_json: str, substeps: int):
+    cfg = json.loads(cfg_json)
+    pde, grid, stepper, _ = _build(cfg_json)
+    if substeps == stepper.substeps:
+        return stepper
+    return make_integrator(cfg["integrator"], stepper.sd, cfg["dt"], substeps, rtol=cfg["rtol"], atol=cfg["atol"])
+
+
+# substeps may grow at most this factor over the resolved ones to meet the tolerance; a
+# trajectory that still misses it is recorded as it is, and `validate` warns
+MAX_REFINE = 64
+
+
+def _rollout(cfg_json: str, u0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(trajectories, estimated relative errors at the last step, substeps used)``.
+
+    Without a tolerance: the configured substeps, errors NaN. With one: each trajectory is solved
+    with ``s`` and ``2s`` substeps; the finer solution is kept once the step-doubling
+    (Richardson, fourth order) estimate ``|u_s - u_2s| / (15 |u_2s|)`` at the last saved step
+    meets the tolerance, else ``s`` doubles. A trajectory's result depends on its own data only,
+    not on the batch it is solved in.
+    """
+    cfg = json.loads(cfg_json)
+    base = _stepper(cfg_json, int(cfg["substeps"]))
+    b = u0.shape[0]
+    tol = cfg.get("tolerance")
+    if not tol:
+        return base.rollout(u0, steps), np.full(b, np.nan), np.full(b, int(cfg["substeps"]))
+    s = int(cfg["substeps"])
+    coarse = base.rollout(u0, steps)
+    result = np.empty_like(coarse)
+    est, used = np.empty(b), np.empty(b, dtype=np.int64)
+    todo = np.arange(b)
+    while todo.size:
+        fine = _stepper(cfg_json, 2 * s).rollout(u0[todo], steps)
+        last_c, last_f = coarse[:, -1].reshape(todo.size, -1), fine[:, -1].reshape(todo.size, -1)
+        e = np.linalg.norm(last_c - last_f, axis=1) / np.maximum(np.linalg.norm(last_f, axis=1), 1e-300) / 15.0
+        done = (e <= tol) | (2 * s >= MAX_REFINE * int(cfg["substeps"])) | ~np.isfinite(e)
+        result[todo[done]], est[todo[done]], used[todo[done]] = fine[done], e[done], 2 * s
+        todo, coarse, s = todo[~done], fine[~done], 2 * s
+    return result, est, used
 
 
 def _check_nonlinear_cfl(pde, grid: Grid, cfg: dict, u0: np.ndarray, start: int) -> None:
@@ -336,7 +400,7 @@ def solve(config: GenerationConfig | Mapping[str, Any], u0: np.ndarray, steps: i
         raise DatagenError(f"initial states of shape {np.shape(u0)} do not fit (batch, {', '.join(map(str, want))})")
     if not np.all(np.isfinite(u)):
         raise DatagenError("initial states hold NaN or inf values")
-    traj = stepper.rollout(u, int(steps))
+    traj = _rollout(json.dumps(cfg.to_dict(), sort_keys=True), u, int(steps))[0]
     return traj[0] if single else traj
 
 
@@ -358,13 +422,13 @@ def _save_atomic(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _batch_ok(path: Path, shape: tuple[int, ...]) -> bool:
+def _batch_ok(path: Path, shape: tuple[int, ...], dtype=np.float32) -> bool:
     """Whether a finished batch file is whole (a crash or a full disk can truncate it)."""
     if not path.exists():
         return False
     try:
         arr = np.load(path, mmap_mode="r")
-        ok = arr.shape == shape and arr.dtype == np.float32 and path.stat().st_size >= arr.nbytes
+        ok = arr.shape == shape and arr.dtype == dtype and path.stat().st_size >= arr.nbytes
     except (OSError, ValueError, EOFError):
         ok = False
     if not ok:
@@ -431,19 +495,30 @@ def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers:
     bounds = [(s, min(s + cfg.batch_size, cfg.n_trajectories)) for s in range(0, cfg.n_trajectories, cfg.batch_size)]
     files = [work / f"batch_{k:06d}.npy" for k in range(len(bounds))]
     frame = (cfg.steps + 1, pde.n_fields, *grid.shape)
-    todo = [k for k, f in enumerate(files) if not _batch_ok(f, (bounds[k][1] - bounds[k][0], *frame))]
+    errs = [work / f"batch_{k:06d}.err.npy" for k in range(len(bounds))]
+    todo = [k for k, f in enumerate(files) if not (_batch_ok(f, (bounds[k][1] - bounds[k][0], *frame)) and
+                                                  _batch_ok(errs[k], (2, bounds[k][1] - bounds[k][0]), np.float64))]
     report = _progress_reporter(progress, cfg.n_trajectories, cfg.split)
     report(sum(b - a for k, (a, b) in enumerate(bounds) if k not in todo))
     try:
-        for k, arr in _run(cfg_json, [bounds[k] for k in todo], todo, workers, scheduler):
+        for k, (arr, est, used) in _run(cfg_json, [bounds[k] for k in todo], todo, workers, scheduler):
+            _save_atomic(errs[k], np.stack([est, used.astype(np.float64)]))
             _save_atomic(files[k], arr)
             report(bounds[k][1] - bounds[k][0])
+        provenance = {"config": cfg.to_dict(), "pde": pde.to_dict(), "expression": pde.expression(),
+                      "versions": _versions()}
+        if cfg.tolerance:
+            e = np.concatenate([np.load(f)[0] for f in errs])
+            used = np.concatenate([np.load(f)[1] for f in errs]).astype(int)
+            provenance["reference_error"] = {
+                "tolerance": cfg.tolerance, "estimate": "step doubling at the last saved step, relative L2",
+                "worst": float(np.max(e)), "worst_trajectory": int(np.argmax(e)),
+                "per_trajectory": [float(x) for x in e], "substeps": [int(x) for x in used]}
         meta = {
             "dataset_name": cfg.pde, "fields": pde.fields, "parameters": pde.parameters,
             "n_trajectories": cfg.n_trajectories, "time": cfg.dt * np.arange(cfg.steps + 1),
             "x": grid.x, "y": grid.y, "boundary": cfg.grid,
-            "provenance": {"config": cfg.to_dict(), "pde": pde.to_dict(), "expression": pde.expression(),
-                           "versions": _versions()},
+            "provenance": provenance,
         }
         _write_isolated(out, files, meta, cfg.compression)
     except OSError as exc:
@@ -643,7 +718,7 @@ def _run(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], workers:
         except (OSError, TimeoutError, ValueError, TypeError) as exc:
             raise DatagenError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
         try:
-            futs = {client.submit(solve_batch, cfg_json, a, b, pure=False): k for k, (a, b) in zip(keys, bounds)}
+            futs = {client.submit(solve_batch, cfg_json, a, b, True, pure=False): k for k, (a, b) in zip(keys, bounds)}
             for fut in as_completed(futs):
                 try:
                     result = fut.result()
@@ -662,7 +737,7 @@ def _run(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], workers:
         return
     if workers == 1:
         for k, (a, b) in zip(keys, bounds):
-            yield k, solve_batch(cfg_json, a, b)
+            yield k, solve_batch(cfg_json, a, b, True)
         return
     import multiprocessing as mp
 
@@ -675,7 +750,7 @@ def _run(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], workers:
         while queue or pending:
             while queue and len(pending) < 2 * workers:
                 k, (a, b) = queue.pop(0)
-                pending[ex.submit(solve_batch, cfg_json, a, b)] = k
+                pending[ex.submit(solve_batch, cfg_json, a, b, True)] = k
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 yield pending.pop(fut), fut.result()

@@ -444,6 +444,11 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
             )
         if stationary:
             rep.warnings.append(f"{len(stationary)} trajectories went stationary (first: {stationary[0]})")
+        ref_err = prov.get("reference_error") or {}
+        if ref_err and ref_err.get("worst", 0) > ref_err.get("tolerance", np.inf):
+            rep.warnings.append(f"the reference solver's estimated error {ref_err['worst']:.2g} exceeds its "
+                                f"tolerance {ref_err['tolerance']:.2g} (trajectory {ref_err.get('worst_trajectory')}): "
+                                "the substeps hit their cap; lower --dt")
         if offwall:
             rep.warnings.append(f"{len(offwall)} trajectories start away from their Dirichlet wall values at the "
                                 f"edge nodes (first: {offwall[0]}): the first steps then carry a boundary layer")

@@ -81,11 +81,11 @@ def test_killed_run_leaves_no_file_and_resumes_to_identical_bytes(tmp_path):
     proc = subprocess.Popen([EXE, *args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = out / ".train.h5.partial"
     deadline = time.time() + 60
-    while time.time() < deadline and len(list(work.glob("batch_*.npy"))) < 3:
+    while time.time() < deadline and len(list(work.glob("batch_??????.npy"))) < 3:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 3 <= len(list(work.glob("batch_*.npy"))) < 40, "the run finished before it could be killed"
+    assert 3 <= len(list(work.glob("batch_??????.npy"))) < 40, "the run finished before it could be killed"
     assert not (out / "train.h5").exists()
     p = run(*args, "--out", out, check=False)
     assert_one_line_error(p, "--resume")
@@ -369,7 +369,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     proc = subprocess.Popen([EXE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = tmp_path / "o" / ".train.h5.partial"
     deadline = time.time() + 60
-    while time.time() < deadline and not list(work.glob("batch_*.npy")):
+    while time.time() < deadline and not list(work.glob("batch_??????.npy")):
         time.sleep(0.01)
 
     def children(pid):

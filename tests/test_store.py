@@ -206,7 +206,7 @@ def test_resume_recomputes_a_truncated_work_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         datagen.generate(cfg, out, progress=stop_after_two)
     work = tmp_path / ".cut.h5.partial"
-    batches = sorted(work.glob("batch_*.npy"))
+    batches = sorted(work.glob("batch_??????.npy"))
     assert len(batches) == 2
     data = batches[0].read_bytes()
     batches[0].write_bytes(data[: len(data) // 2])  # as after a crash or a full disk

@@ -42,3 +42,17 @@ def test_a_tighter_tolerance_takes_more_substeps(tmp_path):
     tight = datagen.read_provenance(datagen.generate(GenerationConfig(**base, tolerance=1e-9), tmp_path / "b.h5"))
     assert min(tight["reference_error"]["substeps"]) > max(loose["reference_error"]["substeps"])
     assert tight["reference_error"]["worst"] <= 1e-9
+
+
+def test_sixteen_trajectories_of_the_paper_family_are_within_the_tolerance(tmp_path):
+    path = datagen.generate(GenerationConfig(pde="fisher", steps=40, n_trajectories=16, seed=4), tmp_path / "f.h5")
+    prov = datagen.read_provenance(path)
+    u0 = datagen.open_dataset(path)["u"].values[:, 0, None].astype(np.float64)
+    ours = datagen.solve(prov, u0, 40)[:, -1]
+    grid, dt = datagen.Grid((100, 100)), prov["config"]["dt"]
+    errs = [np.linalg.norm(ours[i] - r) / np.linalg.norm(r)
+            for i, r in enumerate(_dop853(catalogue.fisher(), grid, u0[i], dt, 40) for i in range(16))]
+    assert max(errs) < 1e-7, max(errs)
+    # the estimates track the true errors (measured: equal to two digits)
+    est = np.array(prov["reference_error"]["per_trajectory"])
+    assert np.all(est <= 1e-7) and np.allclose(est, errs, rtol=0.5, atol=2e-9)

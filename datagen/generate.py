@@ -265,7 +265,7 @@ def solve_batch(cfg_json: str, start: int, stop: int, with_errors: bool = False)
     """Trajectories ``start..stop-1`` of a resolved config, float32 ``(b, steps+1, field, x, y)``;
     with ``with_errors``, also the estimated errors and substeps of each (see ``_rollout``)."""
     cfg = json.loads(cfg_json)
-    pde, grid, stepper, sampler = _build(cfg_json)
+    pde, grid, _, sampler = _build(cfg_json)
     u0 = np.stack([sampler.sample(grid, pde.n_fields, trajectory_rng(cfg["seed"], cfg["split"], i))
                    for i in range(start, stop)])
     _check_nonlinear_cfl(pde, grid, cfg, u0, start)
@@ -291,7 +291,7 @@ def solve_batch(cfg_json: str, start: int, stop: int, with_errors: bool = False)
 @lru_cache(maxsize=16)
 def _stepper(cfg_json: str, substeps: int):
     cfg = json.loads(cfg_json)
-    pde, grid, stepper, _ = _build(cfg_json)
+    stepper = _build(cfg_json)[2]
     if substeps == stepper.substeps:
         return stepper
     return make_integrator(cfg["integrator"], stepper.sd, cfg["dt"], substeps, rtol=cfg["rtol"], atol=cfg["atol"])
@@ -390,7 +390,7 @@ def solve(config: GenerationConfig | Mapping[str, Any], u0: np.ndarray, steps: i
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise DatagenError(f"steps={steps!r} must be a non-negative integer")
     cfg = config.resolve()
-    pde, grid, stepper, _ = _build(json.dumps(cfg.to_dict(), sort_keys=True))
+    pde, grid, _, _ = _build(json.dumps(cfg.to_dict(), sort_keys=True))
     u = np.asarray(u0, dtype=np.float64)
     single = u.ndim == 3
     if single:

@@ -228,11 +228,9 @@ def _attrs(model: Surrogate, src: _Source, extra: dict[str, Any] | None = None) 
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="traj")
+    return tqdm(total=total, desc=desc, unit="traj", disable=not enabled)
 
 
 # -- evaluate --------------------------------------------------------------------------------
@@ -290,10 +288,8 @@ def evaluate(model: Surrogate, data: Any, steps: int | None = None, trajectories
                 for k, vals in zip(METRICS, (fms, fmx, frl)):
                     per_field[k][row:row + b.size] = torch.stack(vals, 1).cpu().numpy()
             row += b.size
-            if bar is not None:
-                bar.update(b.size)
-    if bar is not None:
-        bar.close()
+            bar.update(b.size)
+    bar.close()
     coords = _coords(idx, steps, src.dt)
     data_vars = {k: (("trajectory", "step"), v) for k, v in out.items()}
     if F > 1:
@@ -588,10 +584,8 @@ def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate
         for b in _batches(idx, batch_size):
             _split_batch(N, E, src.read(b, steps), steps, iters, dev, dtype, seed, out, row)
             row += b.size
-            if bar is not None:
-                bar.update(b.size)
-    if bar is not None:
-        bar.close()
+            bar.update(b.size)
+    bar.close()
     coords = _coords(idx, steps, src.dt)
     ds = xr.Dataset({k: (("trajectory", "step"), v) for k, v in out.items()}, coords=coords,
                     attrs=_attrs(model, src, {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in meta.items()}))

@@ -374,8 +374,6 @@ def embed(witness: Surrogate, into: Surrogate) -> Surrogate:
         p = (K - k) // 2
         w = torch.zeros_like(dst.weight[sl])
         w[..., p: p + k, p: p + k] = src.weight.to(w.dtype)
-        if parametrize_is(dst):
-            raise SurrogateError("embed into an unconstrained model (constraints reparametrise the weights)")
         dst.weight[sl] = w
         dst.kernel_scale[sl] = src.kernel_scale
         if dst.bias is not None:
@@ -388,8 +386,3 @@ def embed(witness: Surrogate, into: Surrogate) -> Surrogate:
     into.info = {**into.info, "embedded": {k: v for k, v in witness.info.items() if k != "pde"}}
     return into
 
-
-def parametrize_is(conv) -> bool:
-    from torch.nn.utils import parametrize
-
-    return parametrize.is_parametrized(conv, "weight")

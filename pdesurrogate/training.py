@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +28,7 @@ import torch
 
 from .data import WindowDataset, receptive_halo
 from .errors import SurrogateError
+from .evaluation import _device
 from .model import Surrogate, load_training_state, save
 
 __all__ = ["fit", "window_loss", "LOSSES"]
@@ -66,7 +68,7 @@ def window_loss(model: Surrogate, windows: torch.Tensor, steps: int, loss: str =
                            for s in seeds]).to(u.device)
         u = u + noise * rms * eps
     terms = []
-    ctx = model.unpadded() if crop is not None else _nullctx()
+    ctx = model.unpadded() if crop is not None else nullcontext()
     with ctx:
         for j in range(1, steps + 1):
             u = model(u)
@@ -81,14 +83,6 @@ def window_loss(model: Surrogate, windows: torch.Tensor, steps: int, loss: str =
             else:
                 terms.append(err.norm(dim=1) / ref.flatten(1).norm(dim=1).clamp(min=torch.finfo(ref.dtype).tiny))
     return torch.stack(terms, 1).mean(1)
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _dist() -> tuple[int, int]:
@@ -111,12 +105,6 @@ def _sync_grads(params: Sequence[torch.nn.Parameter]) -> None:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         torch.distributed.all_reduce(p.grad)
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _phase(curriculum: Sequence[int], epoch: int, epochs: int) -> int:

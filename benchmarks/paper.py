@@ -60,7 +60,7 @@ def run_pde(name: str, folder: Path, a: argparse.Namespace, published: Path) -> 
     cfg = datagen.GenerationConfig(pde=name, steps=steps, seed=2305)
     n = {"train": a.train, "valid": 8, "test": a.test}
     datagen.generate_splits(cfg, n, folder / name, overwrite=True)
-    train_f, valid_f, test_f = (folder / name / f"{s}.h5" for s in ("train", "valid", "test"))
+    train_f, valid_f, test_f = (datagen.store.dataset_file(folder / name, s) for s in ("train", "valid", "test"))
     train = ps.WindowDataset(train_f, unroll=3)
     pde, grid = train.pde, train.grid
     arch = {**ARCH[name], "dt": train.dt, "spacing": train.spacing, "boundary": train.boundary}

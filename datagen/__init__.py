@@ -13,12 +13,12 @@ from .modified import modified_equation
 from .parse import parse_pde
 from .pde import PDE, Derivative, Term
 from .semidiscrete import SemiDiscrete
-from .store import open_dataset, read_provenance, validate
+from .store import dataset_file, open_dataset, read_provenance, validate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "catalogue", "DatagenError", "GenerationConfig", "generate", "generate_splits", "Grid", "make_sampler",
     "Euler", "RK4", "ETDRK4", "ScipyIVP", "make_integrator", "PDE", "Derivative", "Term", "SemiDiscrete",
-    "open_dataset", "read_provenance", "validate", "solve", "modified_equation", "parse_pde", "__version__",
+    "open_dataset", "read_provenance", "validate", "dataset_file", "solve", "modified_equation", "parse_pde", "__version__",
 ]

@@ -231,8 +231,8 @@ _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 def check_split_name(name: Any) -> str:
     """``name`` if it is a valid split name (letters, digits, ``_`` and ``-``: it becomes a file name)."""
     if not isinstance(name, str) or not _SPLIT_NAME.fullmatch(name):
-        raise DatagenError(f"split name {name!r} must be letters, digits, '_' or '-' (it names the file "
-                           "<split>.h5 in the output folder)")
+        raise DatagenError(f"split name {name!r} must be letters, digits, '_' or '-' (it names the folder "
+                           "data/<split>/ of the dataset)")
     return name
 
 
@@ -784,11 +784,48 @@ def _die_with_parent(parent: int) -> None:
 
 def generate_splits(config: GenerationConfig, splits: Mapping[str, int], out_dir: str | os.PathLike,
                     **kwargs: Any) -> list[Path]:
-    """Generate ``{split: n_trajectories}`` into ``out_dir/<split>.h5`` (same options otherwise)."""
+    """Generate ``{split: n_trajectories}`` into a dataset folder in The Well's layout.
+
+    Each split goes to ``out_dir/data/<split>/<name>.hdf5`` (same options otherwise), and
+    ``out_dir/stats.yaml`` gets the normalisation statistics of the ``train`` split (or of the only
+    split). Splits already in the folder must come from the same configuration (a folder is one
+    dataset); ``kwargs`` go to :func:`generate`.
+    """
+    from .store import dataset_files, read_provenance, split_path, write_stats
+
     if not splits:
         raise DatagenError("no splits given; e.g. train=64,test=16")
-    paths = []
-    for name, n in splits.items():
-        cfg = GenerationConfig(**{**config.to_dict(), "split": name, "n_trajectories": n})
-        paths.append(generate(cfg, Path(out_dir) / f"{name}.h5", **kwargs))
+    name = config.pde
+    if not isinstance(name, str) or not _SPLIT_NAME.fullmatch(name):
+        raise DatagenError(f"dataset name {name!r} must be letters, digits, '_' or '-' (it names the files "
+                           "data/<split>/<name>.hdf5); pass another --name")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DatagenError(f"--out {out_dir} is a file; datasets are folders (data/<split>/<name>.hdf5)")
+    mine = {k: v for k, v in config.resolve().to_dict().items() if k not in ("split", "n_trajectories")}
+    if out_dir.is_dir():
+        for split, path in dataset_files(out_dir).items():
+            if split in splits:  # generate() keeps, replaces or refuses it itself
+                continue
+            try:
+                theirs = {k: v for k, v in read_provenance(path)["config"].items() if k not in ("split", "n_trajectories")}
+            except (DatagenError, KeyError, TypeError):
+                theirs = None
+            if theirs != mine:
+                raise DatagenError(f"{out_dir} already holds split {split!r} made with other options ({path}); a "
+                                   "folder is one dataset: choose another --out, or remove that split")
+    paths: list[Path] = []
+    made = [d for d in (out_dir, out_dir / "data", *(out_dir / "data" / k for k in splits)) if not d.exists()]
+    try:
+        for split, n in splits.items():
+            cfg = GenerationConfig(**{**config.to_dict(), "split": split, "n_trajectories": n})
+            paths.append(generate(cfg, split_path(out_dir, split, name), **kwargs))
+        write_stats(out_dir)
+    except BaseException:
+        for d in reversed(made):  # folders this call made and left empty
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise
     return paths

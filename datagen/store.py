@@ -14,6 +14,10 @@ Layout (attributes marked @)::
 
 ``provenance`` holds the resolved generation config, the PDE spec and package versions, which is
 enough to regenerate the file byte for byte (``datagen generate --from FILE``).
+
+A dataset folder follows The Well's layout: ``OUT/data/<split>/<name>.hdf5``, one file per split,
+and ``OUT/stats.yaml`` with the normalisation statistics of the training split (see
+:func:`write_stats`). Every reader here takes the folder (with a split) or one file.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import numpy as np
 
 from .errors import DatagenError
 
-__all__ = ["write_dataset", "read_provenance", "open_dataset", "validate", "ValidationReport", "FORMAT_VERSION"]
+__all__ = ["write_dataset", "read_provenance", "open_dataset", "validate", "ValidationReport", "FORMAT_VERSION",
+           "dataset_file", "dataset_files", "split_path", "write_stats", "read_stats", "compute_stats"]
 
 FORMAT_VERSION = 1
 COMPRESSIONS = ("none", "gzip", "lzf")
@@ -138,20 +143,151 @@ def write_dataset(path: str | os.PathLike, batches: Iterable[np.ndarray], *, met
     return path
 
 
+# -- The Well's folder layout ----------------------------------------------------------------
+STATS_FILE = "stats.yaml"
+STAT_KEYS = ("mean", "std", "rms", "mean_delta", "std_delta", "rms_delta")
+
+
+def split_path(root: str | os.PathLike, split: str, name: str) -> Path:
+    """Where split ``split`` of dataset ``name`` lives in a dataset folder: ``root/data/split/name.hdf5``."""
+    return Path(root) / "data" / split / f"{name}.hdf5"
+
+
+def dataset_files(path: str | os.PathLike) -> dict[str, Path]:
+    """``{split: file}`` of a dataset folder (The Well's ``data/<split>/*.hdf5``), in the order
+    train, valid, test, then others by name; ``{stem: path}`` for a single file."""
+    p = Path(path)
+    if not p.exists():
+        raise DatagenError(f"{p}: no such file or folder")
+    if not p.is_dir():
+        return {p.stem: p}
+    found: dict[str, list[Path]] = {}
+    data = p / "data"
+    if data.is_dir():
+        for sub in sorted(data.iterdir()):
+            if sub.is_dir():
+                files = sorted(f for f in sub.iterdir() if f.suffix in (".hdf5", ".h5") and f.is_file()
+                               and not f.name.startswith("."))
+                if files:
+                    found[sub.name] = files
+    many = {k: v for k, v in found.items() if len(v) > 1}
+    if many:
+        k, v = next(iter(many.items()))
+        raise DatagenError(f"{p}: split {k!r} holds several files ({', '.join(f.name for f in v)}); pass one file")
+    order = {"train": 0, "valid": 1, "test": 2}
+    return {k: found[k][0] for k in sorted(found, key=lambda k: (order.get(k, 3), k))}
+
+
+def dataset_file(path: str | os.PathLike, split: str | None = None) -> Path:
+    """The file of ``split`` in a dataset folder, or ``path`` itself when it is a file.
+
+    ``split=None`` takes a folder's only split; a folder with several needs one named.
+    """
+    p = Path(path)
+    if p.is_file() or not p.exists():
+        if not p.exists():
+            raise DatagenError(f"{p}: no such file or folder")
+        return p
+    files = dataset_files(p)
+    if not files:
+        old = sorted(f.name for f in p.glob("*.h5"))
+        hint = f"; {old[0]} at its top is a single file: pass it itself" if old else ""
+        raise DatagenError(f"{p} holds no dataset (expected data/<split>/<name>.hdf5, as `datagen generate` "
+                           f"writes){hint}")
+    if split is None:
+        if len(files) > 1:
+            raise DatagenError(f"{p} holds the splits {', '.join(files)}: name one (split=..., --split)")
+        return next(iter(files.values()))
+    if split not in files:
+        raise DatagenError(f"{p} has no split {split!r}; it holds {', '.join(files)}")
+    return files[split]
+
+
+def compute_stats(path: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """The Well's normalisation statistics of one file: per field ``mean``, ``std``, ``rms`` of the
+    values and ``mean_delta``, ``std_delta``, ``rms_delta`` of the differences of consecutive frames
+    (population moments over every trajectory, frame and cell, accumulated in float64)."""
+    with _open(path) as f:
+        names = [str(n) for n in f["t0_fields"].attrs["field_names"]]
+        out: dict[str, dict[str, float]] = {k: {} for k in STAT_KEYS}
+        for name in names:
+            d = f["t0_fields"][name]
+            # moments about a shift (the first frame's mean): no cancellation in std
+            shift = float(np.mean(d[0, 0], dtype=np.float64)) if d.shape[0] else 0.0
+            acc = np.zeros(6)  # n, sum, sum sq (values); n, sum, sum sq (deltas); all about their shift
+            for i in range(d.shape[0]):
+                u = d[i].astype(np.float64)
+                v = u - shift
+                du = np.diff(u, axis=0)
+                acc += (v.size, v.sum(), np.square(v).sum(), du.size, du.sum(), np.square(du).sum())
+            for key, (n, s1, s2), c in (("", acc[:3], shift), ("_delta", acc[3:], 0.0)):
+                n = max(n, 1.0)
+                mean = s1 / n
+                var = max(s2 / n - mean * mean, 0.0)
+                out["mean" + key][name] = float(mean + c)
+                out["std" + key][name] = float(math.sqrt(var))
+                # rms of the values themselves, from moments about the shift
+                out["rms" + key][name] = float(math.sqrt(max(var + (mean + c) ** 2, 0.0)))
+    return out
+
+
+def write_stats(root: str | os.PathLike, split: str = "train") -> Path:
+    """Write ``root/stats.yaml`` (The Well's normalisation file) from split ``split`` of the folder
+    (from the first split by name when it has no ``split``), atomically."""
+    import yaml
+
+    root = Path(root)
+    files = dataset_files(root)
+    if not files:
+        raise DatagenError(f"{root} holds no dataset to compute normalisation statistics from")
+    source = split if split in files else sorted(files)[0]
+    stats = compute_stats(files[source])
+    out = root / STATS_FILE
+    tmp = root / f".{STATS_FILE}.tmp"
+    text = (f"# normalisation statistics of split {source!r} ({files[source].name}), written by datagen\n"
+            + yaml.safe_dump(stats, sort_keys=False))
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, out)
+    return out
+
+
+def read_stats(root: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """The statistics of ``root/stats.yaml``."""
+    import yaml
+
+    p = Path(root) / STATS_FILE
+    if not p.is_file():
+        raise DatagenError(f"{p}: no such file; `datagen generate` writes it beside data/")
+    try:
+        stats = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise DatagenError(f"{p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(stats, dict) or not all(isinstance(stats.get(k), dict) for k in STAT_KEYS):
+        raise DatagenError(f"{p} lacks some of the statistics {', '.join(STAT_KEYS)}")
+    return stats
+
+
 # -- reading -----------------------------------------------------------------------------
 def _open(path: str | os.PathLike):
     h5py = _h5()
     p = Path(path)
     if not p.exists():
         raise DatagenError(f"{p}: no such file")
+    if p.is_dir():
+        p = dataset_file(p)
     try:
         return h5py.File(p, "r")
     except OSError:
         raise DatagenError(f"{p} is not a readable HDF5 file (corrupt, truncated or another format)") from None
 
 
-def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
-    """The provenance dict stored in a dataset (raises for files that are not datagen datasets)."""
+def read_provenance(path: str | os.PathLike, split: str | None = None) -> dict[str, Any]:
+    """The provenance dict stored in a dataset file, or in split ``split`` of a dataset folder
+    (raises for files that are not datagen datasets)."""
+    path = dataset_file(path, split)
     with _open(path) as f:
         return _provenance(f, path)
 
@@ -168,8 +304,10 @@ def _provenance(f, path) -> dict[str, Any]:
         raise DatagenError(f"{path}: its provenance attribute is not valid JSON") from None
 
 
-def open_dataset(path: str | os.PathLike, lazy: bool = False):
+def open_dataset(path: str | os.PathLike, lazy: bool = False, split: str | None = None):
     """The dataset as an :class:`xarray.Dataset` with dims ``trajectory, time, x, y``.
+
+    ``path`` is a file or a dataset folder; a folder with several splits needs ``split``.
 
     Coordinates are the exact float64 grid and times from the provenance; one data variable per
     field; attributes carry the PDE expression, parameters and the provenance JSON. With
@@ -181,6 +319,7 @@ def open_dataset(path: str | os.PathLike, lazy: bool = False):
     from .grid import Grid
     from .pde import PDE
 
+    path = dataset_file(path, split)
     f = _open(path)
     try:
         prov = _provenance(f, path)
@@ -301,7 +440,7 @@ def _check_provenance(f, prov: dict, rep: "ValidationReport") -> None:
 
 
 def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol: float = 1e-4,
-             deep: int = 0, seed: int | None = None) -> ValidationReport:
+             deep: int = 0, seed: int | None = None, split: str | None = None) -> ValidationReport:
     """Check the schema and the physical sanity of a dataset, streaming one trajectory at a time.
 
     Schema: required groups, attributes and shapes. Physics: finite values; invariant bounds
@@ -315,7 +454,10 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
 
     ``deep=N`` regenerates ``N`` randomly chosen trajectories (``seed``) from the provenance and
     requires them to be byte-identical to the stored ones: an exact integrity check.
+
+    ``path`` is a file or a dataset folder (with ``split`` when it holds several).
     """
+    path = dataset_file(path, split)
     rep = ValidationReport(str(path))
     with _open(path) as f:
         if "t0_fields" not in f and "provenance" not in f.attrs:

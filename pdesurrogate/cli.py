@@ -18,9 +18,9 @@ EPILOG = """examples:
   pdesurrogate train data/fisher --out runs/fisher --epochs 20
   pdesurrogate train data/fisher --config run.toml --out runs/fisher --resume
   torchrun --nproc-per-node 2 -m pdesurrogate train data/fisher --config run.toml --out runs/fisher
-  pdesurrogate evaluate runs/fisher/model.pt data/fisher/test.h5 --steps 40
-  pdesurrogate evaluate FisherNoNoise.pt data/fisher/test.h5 --published --out report.nc --plots plots/
-  pdesurrogate split runs/fisher/model.pt data/fisher/test.h5 --steps 40 --plots plots/"""
+  pdesurrogate evaluate runs/fisher/model.pt data/fisher --steps 40
+  pdesurrogate evaluate FisherNoNoise.pt data/fisher --published --out report.nc --plots plots/
+  pdesurrogate split runs/fisher/model.pt data/fisher --split train --steps 40 --plots plots/"""
 
 
 TRAIN_EPILOG = """configuration (TOML; every key optional):
@@ -43,7 +43,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="checkpoint written by pdesurrogate.save (or a published state_dict with --published)")
-    p.add_argument("data", help="datagen HDF5 file with the reference trajectories")
+    p.add_argument("data", help="datagen dataset folder (or one of its files) with the reference trajectories")
+    p.add_argument("--split", default="test", help="split of a dataset folder to score (default test)")
     p.add_argument("--published", action="store_true", help="MODEL is a published state_dict (FisherNoNoise.pt, ...)")
     p.add_argument("--steps", type=int, default=40, help="horizon in saved steps (default 40; longer than the "
                    "file is extended by its own solver)")
@@ -73,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(s)
     s.add_argument("--no-lipschitz", action="store_true", help="skip the Lipschitz estimate and the bound")
-    t = sub.add_parser("train", help="train a surrogate on DATA/train.h5, validate on DATA/valid.h5, score DATA/test.h5",
+    t = sub.add_parser("train", help="train a surrogate on DATA's train split, validate on valid, score test",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("data", help="folder written by `datagen generate --splits` (train.h5, and valid.h5 / test.h5 "
+    t.add_argument("data", help="dataset folder written by `datagen generate` (its train split, and valid / test "
                    "when present), or one training file")
     t.add_argument("--config", help="TOML file with [data], [model] and [fit] tables (see below)")
     t.add_argument("--out", default="runs/surrogate", help="folder for checkpoints and model.pt (default runs/surrogate)")
@@ -137,7 +138,7 @@ def cmd(a: argparse.Namespace) -> int:
     traj = range(a.trajectories) if a.trajectories else None
     dtype = torch.float64 if a.float64 else None
     common = dict(steps=a.steps, trajectories=traj, batch_size=a.batch_size, device=a.device, dtype=dtype,
-                  progress=not a.quiet and sys.stderr.isatty())
+                  progress=not a.quiet and sys.stderr.isatty(), split=a.split)
     hs = _horizons(a.horizons, a.steps)
     if a.cmd == "evaluate":
         report = evaluation.evaluate(model, a.data, **common)

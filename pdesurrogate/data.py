@@ -43,7 +43,7 @@ class WindowDataset(torch.utils.data.Dataset):
     """Windows of ``unroll + 1`` consecutive frames of a datagen HDF5 file.
 
     Args:
-        path: a file written by ``datagen generate``.
+        path: a dataset folder written by ``datagen generate`` (read at ``split``) or one of its files.
         unroll: target steps per window (the window holds ``unroll + 1`` frames).
         stride: frames between the starts of consecutive windows of one trajectory.
         fields: field names to read (default: all, in the PDE's order).
@@ -54,6 +54,7 @@ class WindowDataset(torch.utils.data.Dataset):
         halo: cells added around the patch (see :func:`receptive_halo`); needed with ``crop``.
         seed: seed of the crop positions; each (epoch, index) gets its own, so any worker
             layout gives the same crops (call :meth:`set_epoch` each epoch).
+        split: the split of a dataset folder (default ``"train"``).
 
     Item ``i`` is a tensor ``(unroll + 1, fields, x, y)``: frame 0 is the input, frames
     ``1..unroll`` the targets. ``dt``, ``spacing``, ``boundary``, ``pde``, ``grid`` and
@@ -63,10 +64,10 @@ class WindowDataset(torch.utils.data.Dataset):
     def __init__(self, path: str | os.PathLike, unroll: int = 1, stride: int = 1, fields: Sequence[str] | None = None,
                  in_memory: bool | str = "auto", dtype: torch.dtype = torch.float32,
                  trajectories: Sequence[int] | None = None, crop: int | None = None, halo: int = 0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, split: str = "train") -> None:
         from .evaluation import _source
 
-        src = _source(path)
+        src = _source(path, split)
         if src.path is None or src.provenance is None:
             raise SurrogateError(f"{path}: WindowDataset reads datagen HDF5 files")
         for name, v in (("unroll", unroll), ("stride", stride)):
@@ -75,7 +76,7 @@ class WindowDataset(torch.utils.data.Dataset):
         if unroll + 1 > src.n_time:
             raise SurrogateError(f"{path} holds {src.n_time - 1} steps per trajectory; unroll={unroll} needs "
                                  f"{unroll}: lower unroll or generate longer trajectories (--steps)")
-        self.path, self.unroll, self.stride, self.dtype = Path(path), int(unroll), int(stride), dtype
+        self.path, self.unroll, self.stride, self.dtype = Path(src.path), int(unroll), int(stride), dtype
         self.provenance = src.provenance
         self.pde, self.grid = src.pde, src.grid
         self.dt = float(src.dt)

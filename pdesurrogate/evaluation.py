@@ -95,11 +95,15 @@ class _Source:
         return ref
 
 
-def _source(data: Any) -> _Source:
+def _source(data: Any, split: str | None = None) -> _Source:
+    """What ``data`` holds; a dataset folder is read at ``split``."""
     if isinstance(data, (str, os.PathLike)):
-        from datagen.store import read_provenance
+        from datagen.store import dataset_file, read_provenance
 
-        path = Path(data)
+        try:
+            path = dataset_file(data, split if Path(data).is_dir() else None)
+        except DatagenError as exc:
+            raise SurrogateError(str(exc)) from None
         try:
             prov = read_provenance(path)
             cfg, pde = prov["config"], PDE.from_dict(prov["pde"])
@@ -169,8 +173,8 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 def _prepare(model: Surrogate, data: Any, steps: int | None, trajectories: Sequence[int] | None,
-             device: str | torch.device, dtype: torch.dtype | None):
-    src = _source(data)
+             device: str | torch.device, dtype: torch.dtype | None, split: str | None = None):
+    src = _source(data, split)
     _check(model, src)
     if steps is None:
         steps = src.n_time - 1
@@ -236,13 +240,13 @@ def _progress(total: int, desc: str, enabled: bool):
 # -- evaluate --------------------------------------------------------------------------------
 def evaluate(model: Surrogate, data: Any, steps: int | None = None, trajectories: Sequence[int] | None = None,
              batch_size: int = 32, device: str | torch.device = "auto", dtype: torch.dtype | None = None,
-             progress: bool = False):
+             progress: bool = False, split: str = "test"):
     """Roll ``model`` out from each trajectory's frame 0 and score steps ``1..steps``.
 
     Args:
         model: any :class:`Surrogate` (trained, exact or published).
-        data: a datagen HDF5 path, the ``xarray.Dataset`` of :func:`datagen.open_dataset`, or an
-            array ``(trajectory, time, field, x, y)``.
+        data: a datagen dataset folder (read at ``split``) or file, the ``xarray.Dataset`` of
+            :func:`datagen.open_dataset`, or an array ``(trajectory, time, field, x, y)``.
         steps: horizon (default: all stored steps); beyond the stored ones the reference is
             extended by the dataset's own solver (:func:`datagen.solve`).
         trajectories: indices to score (default: all).
@@ -250,6 +254,7 @@ def evaluate(model: Surrogate, data: Any, steps: int | None = None, trajectories
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ...
         dtype: rollout dtype (default: the model's; ``torch.float64`` for round-off studies).
         progress: show a progress bar.
+        split: the split of a dataset folder to score (default ``"test"``).
 
     Returns an ``xarray.Dataset`` with dims ``(trajectory, step)``: ``mse`` (mean over fields and
     cells of the squared error), ``max_error`` (largest absolute error), ``rel_l2``
@@ -258,7 +263,7 @@ def evaluate(model: Surrogate, data: Any, steps: int | None = None, trajectories
     """
     import xarray as xr
 
-    src, steps, idx, dev, dtype = _prepare(model, data, steps, trajectories, device, dtype)
+    src, steps, idx, dev, dtype = _prepare(model, data, steps, trajectories, device, dtype, split)
     net = _cast(model, dev, dtype)
     F = src.n_fields
     out = {k: np.empty((idx.size, steps)) for k in METRICS}
@@ -531,7 +536,7 @@ SPLIT_VARS = ("total", "approximation", "optimisation", "local_total", "local_ap
 def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate | None = None,
                 lipschitz: bool | int = True, trajectories: Sequence[int] | None = None, batch_size: int = 32,
                 device: str | torch.device = "auto", dtype: torch.dtype | None = None, seed: int = 0,
-                progress: bool = False):
+                progress: bool = False, split: str = "test"):
     """Split a surrogate's rollout error into approximation and optimisation parts.
 
     Args:
@@ -546,7 +551,7 @@ def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate
             step; two full iterations at the first step), an iteration count per step
             (warm-started; four times that at the first step), or ``False`` to skip
             ``lipschitz`` and ``stability_bound``.
-        trajectories, batch_size, device, dtype, progress: as for :func:`evaluate`.
+        trajectories, batch_size, device, dtype, progress, split: as for :func:`evaluate`.
         seed: seed of the power iteration's start vector.
 
     Returns an ``xarray.Dataset`` with dims ``(trajectory, step)`` and variables ``total``,
@@ -557,7 +562,7 @@ def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate
     """
     import xarray as xr
 
-    src, steps, idx, dev, dtype = _prepare(model, data, steps, trajectories, device, dtype)
+    src, steps, idx, dev, dtype = _prepare(model, data, steps, trajectories, device, dtype, split)
     meta: dict[str, Any]
     if witness is None:
         if src.pde is None:

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from datagen.errors import DatagenError
+
 from .errors import SurrogateError
 
 DATA_KEYS = {"unroll": 3, "stride": 1, "crop": 0, "valid": "valid", "test": "test"}
@@ -61,10 +63,10 @@ def read_config(path: str | None) -> dict[str, dict[str, Any]]:
 
 
 def _split_file(data: Path, name: str) -> Path | None:
-    if not name:
-        return None
-    f = data / f"{name}.h5"
-    return f if f.exists() else None
+    """Split ``name`` of a dataset folder, or None when it is not there (or not asked for)."""
+    from datagen.store import dataset_files
+
+    return dataset_files(data).get(name) if name else None
 
 
 def train_cmd(a: argparse.Namespace) -> int:
@@ -89,10 +91,13 @@ def train_cmd(a: argparse.Namespace) -> int:
         cfg["fit"]["dtype"] = getattr(torch, name)
     data = Path(a.data)
     if data.is_dir():
-        train_file = data / "train.h5"
-        if not train_file.exists():
-            raise SurrogateError(f"{data} has no train.h5; generate one with `datagen generate ... --splits "
-                                 "train=64,valid=16,test=16 --out {data}`")
+        try:
+            train_file = _split_file(data, "train")
+        except DatagenError as exc:
+            raise SurrogateError(str(exc)) from None
+        if train_file is None:
+            raise SurrogateError(f"{data} has no train split; generate one with `datagen generate ... --splits "
+                                 f"train=64,valid=16,test=16 --out {data}`")
         valid_file, test_file = _split_file(data, cfg["data"]["valid"]), _split_file(data, cfg["data"]["test"])
     elif data.is_file():
         train_file, valid_file, test_file = data, None, None

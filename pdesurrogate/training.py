@@ -158,7 +158,8 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
     Args:
         model: the surrogate (for example ``build_surrogate(..., init="stencil")``).
         train: a :class:`WindowDataset`.
-        valid: a :class:`WindowDataset` or datagen file scored by :func:`pdesurrogate.evaluate`
+        valid: a :class:`WindowDataset`, a datagen file or a dataset folder (its ``valid`` split)
+            scored by :func:`pdesurrogate.evaluate`
             after every epoch (mean ``rel_l2`` at ``valid_steps``, default: every stored step).
         epochs: passes over the training windows (0: L-BFGS only, from the model as given).
         batch_size: windows per (global) batch.
@@ -223,6 +224,10 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=2)
     else:
         sched = None
+    if isinstance(valid, (str, os.PathLike)) and Path(valid).is_dir():
+        from .evaluation import _source
+
+        valid = _source(valid, "valid").path  # a dataset folder: its valid split
     if valid is not None and valid_steps is None:
         from .evaluation import _source
 

@@ -23,6 +23,11 @@ if EXE is None:
 SMALL = ["--grid", "32,32", "--steps", "5", "--quiet"]
 
 
+def F(out, split="train", name="fisher"):
+    """Where `datagen generate --out OUT` puts a split: The Well's layout."""
+    return Path(out) / "data" / split / f"{name}.hdf5"
+
+
 def run(*args, check=True, **kw):
     p = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, **kw)
     if check:
@@ -52,22 +57,24 @@ def test_list_shows_every_entry_with_parameters():
 def test_generate_info_validate_and_regenerate_from_provenance(tmp_path):
     out = tmp_path / "fisher"
     p = run("generate", "fisher", "--out", out, "--splits", "train=4,test=2", "--seed", "0", *SMALL)
-    assert p.stdout.split() == [str(out / "train.h5"), str(out / "test.h5")]
-    info = run("info", out / "train.h5").stdout
+    assert p.stdout.split() == [str(F(out)), str(F(out, "test"))]
+    info = run("info", out).stdout
     assert "u_t = 0.01*(u_xx + u_yy) + u - u^2" in info and "etdrk4" in info and "4 trajectories" in info
     assert "verdict:    warnings" in info and "negative" in info
-    v = run("validate", out / "test.h5")
-    assert v.stdout.strip().endswith("warnings")
-    run("generate", "--from", out / "train.h5", "--out", tmp_path / "again")
-    assert digest(tmp_path / "again" / "train.h5") == digest(out / "train.h5")
-    ds = open_dataset(out / "train.h5")
+    v = run("validate", out)
+    assert v.stdout.strip().endswith("stats.yaml: ok") and f"{F(out, 'test')}: warnings" in v.stdout
+    run("generate", "--from", out, "--out", tmp_path / "again")
+    for split in ("train", "test"):
+        assert digest(F(tmp_path / "again", split)) == digest(F(out, split))
+    assert (tmp_path / "again" / "stats.yaml").read_text() == (out / "stats.yaml").read_text()
+    ds = open_dataset(out, split="train")
     assert ds["u"].dims == ("trajectory", "time", "x", "y") and ds.sizes["time"] == 6
 
 
 def test_options_reach_the_file(tmp_path):
     run("generate", "heat", "--out", tmp_path, "--splits", "train=2", "--param", "a=0.02", "--boundary", "neumann",
         "--integrator", "euler", "--substeps", "3", "--ic", "fourier", "--ic-param", "n_modes=2", *SMALL)
-    ds = open_dataset(tmp_path / "train.h5")
+    ds = open_dataset(F(tmp_path, name="heat"))
     prov = __import__("json").loads(ds.attrs["provenance"])["config"]
     assert prov["params"] == {"a": 0.02} and prov["grid"]["boundary"] == "neumann"
     assert (prov["integrator"], prov["substeps"], prov["initial"]["n_modes"]) == ("euler", 3, 2)
@@ -79,18 +86,18 @@ def test_killed_run_leaves_no_file_and_resumes_to_identical_bytes(tmp_path):
     run(*args, "--out", tmp_path / "whole")
     out = tmp_path / "killed"
     proc = subprocess.Popen([EXE, *args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    work = out / ".train.h5.partial"
+    work = F(out).parent / ".fisher.hdf5.partial"
     deadline = time.time() + 60
     while time.time() < deadline and len(list(work.glob("batch_??????.npy"))) < 3:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 3 <= len(list(work.glob("batch_??????.npy"))) < 40, "the run finished before it could be killed"
-    assert not (out / "train.h5").exists()
+    assert not F(out).exists()
     p = run(*args, "--out", out, check=False)
     assert_one_line_error(p, "--resume")
     run(*args, "--out", out, "--resume")
-    assert digest(out / "train.h5") == digest(tmp_path / "whole" / "train.h5")
+    assert digest(F(out)) == digest(F(tmp_path / "whole"))
     assert not work.exists()
 
 
@@ -132,7 +139,7 @@ def test_bad_input_gets_one_line_and_no_files(tmp_path, args, match):
 
 def test_corrupt_dataset_is_reported(tmp_path):
     run("generate", "fisher", "--out", tmp_path, "--splits", "train=2", *SMALL)
-    good = (tmp_path / "train.h5").read_bytes()
+    good = F(tmp_path).read_bytes()
     (tmp_path / "cut.h5").write_bytes(good[: len(good) // 2])
     assert_one_line_error(run("validate", tmp_path / "cut.h5", check=False), "not a readable HDF5 file")
 
@@ -156,8 +163,8 @@ def test_disk_full_mid_write_leaves_nothing_under_the_final_name(tmp_path):
                        capture_output=True, text=True, preexec_fn=_limit_file_size)
     assert_one_line_error(p, "writing")
     assert "--resume" in p.stderr
-    assert not (tmp_path / "train.h5").exists()
-    assert not (tmp_path / ".train.h5.tmp").exists()
+    assert not F(tmp_path).exists()
+    assert not (F(tmp_path).parent / ".fisher.hdf5.tmp").exists()
 
 
 def _can_mount_tmpfs():
@@ -175,7 +182,7 @@ def test_real_full_disk(tmp_path):
         p = run("generate", "fisher", "--out", mnt, "--splits", "train=4", "--grid", "32,32", "--steps", "40",
                 "--quiet", check=False)
         assert_one_line_error(p, "")
-        assert not (mnt / "train.h5").exists()
+        assert not F(mnt).exists()
     finally:
         subprocess.run(["umount", str(mnt)])
 
@@ -186,7 +193,7 @@ def test_dask_local_cluster_gives_the_same_bytes(tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         run("generate", "fisher", "--out", tmp_path / "dask", "--splits", "train=6", "--batch-size", "2",
             "--scheduler", cluster.scheduler_address, *SMALL)
-    assert digest(tmp_path / "dask" / "train.h5") == digest(tmp_path / "local" / "train.h5")
+    assert digest(F(tmp_path / "dask")) == digest(F(tmp_path / "local"))
     p = run("generate", "fisher", "--out", tmp_path / "none", "--scheduler", "tcp://127.0.0.1:1", *SMALL, check=False)
     assert_one_line_error(p, "cannot reach the Dask scheduler")
 
@@ -205,9 +212,9 @@ def test_plot_writes_an_image_with_x_right_and_y_up(tmp_path):
     assert img.shape == (3, 5)  # rows are y, columns are x
     assert img[0, 4] == 4.0 and img[2, 0] == 20.0  # bottom-right is (x=4, y=0); top-left (x=0, y=20)
     run("generate", "gray_scott", "--out", tmp_path, "--splits", "train=1", *SMALL)
-    out = run("plot", tmp_path / "train.h5", "--out", tmp_path / "p" / "gs.png", "--times", "0,5").stdout.strip()
+    out = run("plot", tmp_path, "--out", tmp_path / "p" / "gs.png", "--times", "0,5").stdout.strip()
     assert out == str(tmp_path / "p" / "gs.png") and (tmp_path / "p" / "gs.png").stat().st_size > 10_000
-    assert_one_line_error(run("plot", tmp_path / "train.h5", "--out", tmp_path / "x.png", "--times", "9", check=False),
+    assert_one_line_error(run("plot", tmp_path, "--out", tmp_path / "x.png", "--times", "9", check=False),
                           "out of range")
     assert not (tmp_path / "x.png").exists()
 
@@ -241,7 +248,7 @@ def test_memory_stays_bounded_as_datasets_grow(tmp_path):
 def test_split_names_are_identifiers(tmp_path, splits, match):
     p = run("generate", "fisher", "--out", tmp_path / "out", "--splits", splits, *SMALL, check=False)
     assert_one_line_error(p, match)
-    assert not (tmp_path / "escape.h5").exists() and not list(tmp_path.rglob("*.h5"))
+    assert not list(tmp_path.rglob("*escape*")) and not list(tmp_path.rglob("*.hdf5"))
 
 
 def test_a_crafted_provenance_cannot_write_outside_out(tmp_path):
@@ -249,7 +256,7 @@ def test_a_crafted_provenance_cannot_write_outside_out(tmp_path):
     import json as _json
 
     run("generate", "fisher", "--out", tmp_path / "a", "--splits", "train=1", *SMALL)
-    f = tmp_path / "a" / "train.h5"
+    f = F(tmp_path / "a")
     with h5py.File(f, "r+") as h:
         prov = _json.loads(h.attrs["provenance"])
         prov["config"]["split"] = "../../evil"
@@ -267,23 +274,28 @@ def test_a_crafted_provenance_cannot_write_outside_out(tmp_path):
 def test_non_finite_parameters_are_refused_before_solving(tmp_path, args, match):
     p = run("generate", "fisher", "--out", tmp_path / "o", "--splits", "train=1", *SMALL, *args, check=False)
     assert_one_line_error(p, match)
-    assert not list(tmp_path.rglob("*.h5"))
+    assert not list(tmp_path.rglob("*.hdf5"))
 
 
 def test_resume_keeps_finished_splits_and_says_so(tmp_path):
     out = tmp_path / "o"
     run("generate", "fisher", "--out", out, "--splits", "train=2", *SMALL)
-    before = digest(out / "train.h5")
+    before = digest(F(out))
     # as after an interruption during the second split: the first is finished, the second is not
     p = run("generate", "fisher", "--out", out, "--splits", "train=2,test=1", "--resume", "--grid", "32,32",
             "--steps", "5")
-    assert "train.h5 is complete" in p.stderr and digest(out / "train.h5") == before
-    assert (out / "test.h5").exists()
+    assert "fisher.hdf5 is complete" in p.stderr and digest(F(out)) == before
+    assert F(out, "test").exists()
     p = run("generate", "fisher", "--out", out, "--splits", "train=2,test=1", "--resume", *SMALL)
     assert p.returncode == 0
-    p = run("generate", "fisher", "--out", out, "--splits", "train=2", "--resume", "--grid", "32,32", "--steps", "6",
-            "--quiet", check=False)
+    p = run("generate", "fisher", "--out", out, "--splits", "train=2,test=1", "--resume", "--grid", "32,32", "--steps",
+            "6", "--quiet", check=False)
     assert_one_line_error(p, "exists with other options")
+    # a folder is one dataset: a split of other options is not added beside the others
+    p = run("generate", "fisher", "--out", out, "--splits", "valid=1", "--grid", "32,32", "--steps", "6", "--quiet",
+            check=False)
+    assert_one_line_error(p, "already holds split 'train' made with other options")
+    assert not F(out, "valid").exists()
 
 
 def test_version():
@@ -294,9 +306,9 @@ def test_a_second_run_on_a_locked_output_stops_at_once(tmp_path):
     from datagen.generate import _output_lock
 
     out = tmp_path / "o"
-    out.mkdir()
-    work = out / ".train.h5.partial"
-    with _output_lock(out / "train.h5"):
+    F(out).parent.mkdir(parents=True)
+    work = F(out).parent / ".fisher.hdf5.partial"
+    with _output_lock(F(out)):
         work.mkdir()  # the live run's work
         (work / "config.json").write_text("{}")
         p = run("generate", "fisher", "--out", out, "--splits", "train=1", "--overwrite", *SMALL, check=False)
@@ -304,7 +316,8 @@ def test_a_second_run_on_a_locked_output_stops_at_once(tmp_path):
         assert (work / "config.json").exists()  # --overwrite did not touch the live run's work
     # once released, the output can be written, and no lock file is left behind
     run("generate", "fisher", "--out", out, "--splits", "train=1", "--overwrite", *SMALL)
-    assert sorted(p.name for p in out.iterdir()) == ["train.h5"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["data/train/fisher.hdf5",
+                                                                                  "stats.yaml"]
 
 
 @pytest.mark.parametrize("args", [
@@ -315,12 +328,12 @@ def test_a_blow_up_stops_with_one_line_and_writes_nothing(tmp_path, args):
     p = run("generate", "fisher", "--out", tmp_path / "o", "--splits", "train=3", *SMALL, *args, check=False)
     assert_one_line_error(p, "blew up (non-finite) in trajectory")
     assert "step" in p.stderr and "dt=" in p.stderr
-    assert not list((tmp_path / "o").iterdir())  # no file, no work folder, no lock
+    assert not (tmp_path / "o").exists()  # no file, no work folder, no lock, no empty folders
 
 
 def test_from_refuses_options_it_would_ignore_and_makes_matching_splits(tmp_path):
     run("generate", "fisher", "--out", tmp_path / "a", "--splits", "train=2", *SMALL)
-    src = tmp_path / "a" / "train.h5"
+    src = F(tmp_path / "a")
     for extra, match in ((["--steps", "9"], "--steps"), (["--seed", "3"], "--seed"), (["--grid", "16,16"], "--grid"),
                          (["fisher"], "the PDE name 'fisher'")):
         p = run("generate", "--from", src, "--out", tmp_path / "b", *extra, check=False)
@@ -329,7 +342,7 @@ def test_from_refuses_options_it_would_ignore_and_makes_matching_splits(tmp_path
     import h5py
     import json as _json
 
-    with h5py.File(tmp_path / "b" / "valid.h5") as f:
+    with h5py.File(F(tmp_path / "b", "valid")) as f:
         cfg = _json.loads(f.attrs["provenance"])["config"]
     assert cfg["steps"] == 5 and cfg["grid"]["shape"] == [32, 32] and cfg["split"] == "valid"
     with h5py.File(src, "r+") as f:
@@ -357,7 +370,7 @@ def test_ic_params_go_over_the_catalogue_defaults(tmp_path):
     import json as _json
 
     run("generate", "allen_cahn", "--out", tmp_path, "--splits", "train=1", *SMALL, "--ic-param", "alpha=2")
-    with h5py.File(tmp_path / "train.h5") as f:
+    with h5py.File(F(tmp_path, name="allen_cahn")) as f:
         initial = _json.loads(f.attrs["provenance"])["config"]["initial"]
     assert initial["alpha"] == 2.0 and initial["amplitude"] == 0.5  # the catalogue's amplitude is kept
 
@@ -367,7 +380,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     args = ["generate", "fisher", "--splits", "train=64", "--batch-size", "1", "--grid", "128,128", "--quiet",
             "--workers", "2", "--out", str(tmp_path / "o")]
     proc = subprocess.Popen([EXE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    work = tmp_path / "o" / ".train.h5.partial"
+    work = F(tmp_path / "o").parent / ".fisher.hdf5.partial"
     deadline = time.time() + 60
     while time.time() < deadline and not list(work.glob("batch_??????.npy")):
         time.sleep(0.01)
@@ -394,7 +407,7 @@ def test_damaged_provenance_and_bad_times_are_one_line_errors(tmp_path):
     import json as _json
 
     run("generate", "fisher", "--out", tmp_path, "--splits", "train=1", *SMALL)
-    f = tmp_path / "train.h5"
+    f = F(tmp_path)
     assert_one_line_error(run("plot", f, "--out", tmp_path / "p.png", "--times", "0.7", check=False), "integers")
     with h5py.File(f, "r+") as h:
         prov = _json.loads(h.attrs["provenance"])
@@ -408,7 +421,7 @@ def test_damaged_provenance_and_bad_times_are_one_line_errors(tmp_path):
 
 def test_validate_deep_regenerates_and_compares(tmp_path):
     run("generate", "fisher", "--out", tmp_path, "--splits", "train=3", *SMALL)
-    p = run("validate", tmp_path / "train.h5", "--deep", "--samples", "2")
+    p = run("validate", tmp_path, "--deep", "--samples", "2")
     assert "byte-identical" in p.stdout and p.returncode == 0 and "invalid" not in p.stdout
 
 

@@ -69,14 +69,14 @@ def test_typed_pdes_generate_validate_and_regenerate(tmp_path):
     subprocess.run([exe, "generate", "--pde", "u_t = 0.01*(u_xx + u_yy) + u - u**2", "--ic", "sincos",
                     "--out", str(tmp_path / "typed"), *small], check=True)
     subprocess.run([exe, "generate", "fisher", "--out", str(tmp_path / "cat"), *small], check=True)
-    typed, cat = (datagen.open_dataset(tmp_path / d / "train.h5")["u"].values for d in ("typed", "cat"))
+    typed, cat = (datagen.open_dataset(tmp_path / d, split="train")["u"].values for d in ("typed", "cat"))
     assert typed.tobytes() == cat.tobytes()  # the same spec gives the same bytes
     schnak = ("u_t = Du*(u_xx + u_yy) + a - u + u**2*v; v_t = Dv*(v_xx + v_yy) + b - u**2*v")
     p = subprocess.run([exe, "generate", "--pde", schnak, "--param", "Du=0.01,Dv=0.2,a=0.1,b=0.9", "--name",
                         "schnakenberg", "--out", str(tmp_path / "s"), *small, "--ic", "fourier",
                         "--ic-param", "amplitude=0.1,offset=1.0"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    path = tmp_path / "s" / "train.h5"
+    path = tmp_path / "s" / "data" / "train" / "schnakenberg.hdf5"
     assert datagen.validate(path).ok
     assert datagen.validate(path, deep=1, seed=0).ok  # regenerated from the stored spec, byte for byte
     prov = datagen.read_provenance(path)

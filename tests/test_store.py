@@ -343,3 +343,49 @@ def test_growth_bound_solves_the_comparison_ode():
     assert _growth_bound(catalogue.fisher(), 1.0, t) == pytest.approx(exact, rel=1e-9)
     assert _growth_bound(catalogue.fisher(), 4.0, 1.0) == np.inf  # past the blow-up time ln(1.25)
     assert _growth_bound(catalogue.heat(), 0.7, 5.0) == 0.7  # no reaction: the maximum principle
+
+
+def test_dataset_folders_follow_the_wells_layout_with_statistics(tmp_path):
+    import yaml
+
+    from datagen import GenerationConfig, generate_splits
+    from datagen.store import dataset_file, dataset_files, read_stats
+
+    cfg = GenerationConfig(pde="gray_scott", grid=Grid((16, 16)).to_dict(), steps=3, seed=1)
+    paths = generate_splits(cfg, {"test": 2, "train": 3}, tmp_path / "gs")
+    assert paths == [tmp_path / "gs/data/test/gray_scott.hdf5", tmp_path / "gs/data/train/gray_scott.hdf5"]
+    assert list(dataset_files(tmp_path / "gs")) == ["train", "test"]
+    assert dataset_file(tmp_path / "gs", "test") == paths[0] and dataset_file(paths[1]) == paths[1]
+    with pytest.raises(DatagenError, match="holds the splits train, test: name one"):
+        dataset_file(tmp_path / "gs")
+    with pytest.raises(DatagenError, match="no split 'valid'; it holds train, test"):
+        open_dataset(tmp_path / "gs", split="valid")
+    # statistics of the train split, from numpy in float64
+    ds = open_dataset(tmp_path / "gs", split="train")
+    stats = read_stats(tmp_path / "gs")
+    assert yaml.safe_load((tmp_path / "gs/stats.yaml").read_text()) == stats
+    for name in ("u", "v"):
+        x = ds[name].values.astype(np.float64)
+        d = np.diff(x, axis=1)
+        for key, want in (("mean", x.mean()), ("std", x.std()), ("rms", np.sqrt((x ** 2).mean())),
+                          ("mean_delta", d.mean()), ("std_delta", d.std()), ("rms_delta", np.sqrt((d ** 2).mean()))):
+            assert stats[key][name] == pytest.approx(want, rel=1e-10, abs=1e-14), (key, name)
+
+
+def test_a_tampered_stats_file_fails_validation(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from datagen import GenerationConfig, generate_splits
+
+    generate_splits(GenerationConfig(grid=Grid((16, 16)).to_dict(), steps=2), {"train": 2}, tmp_path)
+    exe = str(Path(sys.executable).with_name("datagen"))
+    assert subprocess.run([exe, "validate", str(tmp_path)], capture_output=True).returncode == 0
+    text = (tmp_path / "stats.yaml").read_text()
+    (tmp_path / "stats.yaml").write_text(text.replace("std:\n  u: ", "std:\n  u: 1"))
+    p = subprocess.run([exe, "validate", str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 1 and "std of 'u'" in p.stdout
+    (tmp_path / "stats.yaml").unlink()
+    p = subprocess.run([exe, "validate", str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 1 and "stats.yaml: invalid" in p.stdout

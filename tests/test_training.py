@@ -213,10 +213,9 @@ def _one_line(p, match):
 
 def test_cli_train_from_a_toml_file_and_resume(data, tmp_path):
     folder = tmp_path / "d"
-    folder.mkdir()
-    for name in ("train", "valid"):
-        (folder / f"{name}.h5").symlink_to(data[name])
-    (folder / "test.h5").symlink_to(data["valid"])
+    for name, src in (("train", "train"), ("valid", "valid"), ("test", "valid")):
+        (folder / "data" / name).mkdir(parents=True)
+        (folder / "data" / name / "fisher.hdf5").symlink_to(data[src])
     cfg = tmp_path / "run.toml"
     cfg.write_text('[data]\nunroll = 2\n\n[model]\nhidden = 6\nkernel_size = 3\n\n'
                    '[fit]\nepochs = 2\ncurriculum = [1, 2]\nbatch_size = 16\n')
@@ -240,7 +239,7 @@ def test_cli_train_errors_are_one_line(data, tmp_path):
     bad.write_text("[fit\n")
     _one_line(_cli("train", data["train"], "--config", bad), "not valid TOML")
     _one_line(_cli("train", tmp_path / "nothing"), "no such folder or file")
-    _one_line(_cli("train", tmp_path), "has no train.h5")
+    _one_line(_cli("train", tmp_path), "has no train split")
     bad.write_text("[fit]\nlr = -1.0\n")
     _one_line(_cli("train", data["train"], "--config", bad, "--out", tmp_path / "r"), "lr=-1.0")
 

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--name", default="custom", help="dataset name of a --pde run (default custom)")
     g.add_argument("--out", required=True, help="output folder, in The Well's layout: data/<split>/<name>.hdf5 per "
                    "split and stats.yaml")
-    g.add_argument("--from", dest="from_file", help="regenerate a dataset (folder or file) from its own provenance (with --out, "
+    g.add_argument("--from", dest="from_file", help="regenerate a dataset (folder or file) from its own provenance "
+                   "(with --out, "
                    "--workers, --scheduler, --resume, --overwrite, --quiet, and --splits to make other splits of the "
                    "same configuration; every other option is refused)")
     g.add_argument("--splits", default=None, help="split=count pairs (default train=64,test=16)")

@@ -326,7 +326,8 @@ def _rollout(cfg_json: str, u0: np.ndarray, steps: int) -> tuple[np.ndarray, np.
         fine = _stepper(cfg_json, 2 * s).rollout(u0[todo], steps)
         last_c, last_f = coarse[:, -1].reshape(todo.size, -1), fine[:, -1].reshape(todo.size, -1)
         e = np.linalg.norm(last_c - last_f, axis=1) / np.maximum(np.linalg.norm(last_f, axis=1), 1e-300) / 15.0
-        done = (e <= tol) | (2 * s >= MAX_REFINE * int(cfg["substeps"])) | ~np.isfinite(e)
+        # a coarse solution that blew up is no estimate: refine; a fine one that blew up is reported
+        done = (e <= tol) | (2 * s >= MAX_REFINE * int(cfg["substeps"])) | ~np.isfinite(last_f).all(axis=1)
         result[todo[done]], est[todo[done]], used[todo[done]] = fine[done], e[done], 2 * s
         todo, coarse, s = todo[~done], fine[~done], 2 * s
     return result, est, used

@@ -8,8 +8,8 @@ sensible initial-condition sampler and the default saved time step for each entr
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 from .errors import DatagenError
 from .grid import Grid
@@ -17,7 +17,7 @@ from .pde import PDE, Derivative, Term
 
 __all__ = [
     "heat", "advection", "fisher", "allen_cahn", "gray_scott", "fitzhugh_nagumo", "burgers",
-    "CATALOGUE", "get", "make_pde",
+    "CATALOGUE", "Scenario", "get", "make_pde",
 ]
 
 
@@ -98,8 +98,29 @@ def _advective_scale(grid: Grid, p: dict) -> float:
 
 
 @dataclass(frozen=True)
+class Scenario:
+    """A named setting of a catalogue PDE that shows one behaviour over its saved horizon.
+
+    Everything here is a default: options given to :class:`~datagen.GenerationConfig` (or the
+    CLI) go over it. ``params`` go over the PDE's own defaults and ``grid`` over ``Grid()``'s;
+    the saved step is ``dt``, or ``dt_factor`` times the entry's time scale when ``dt`` is None;
+    the solver takes whatever internal substeps its accuracy needs.
+    """
+
+    name: str
+    description: str
+    params: Mapping[str, float] = field(default_factory=dict)
+    grid: Mapping[str, Any] = field(default_factory=dict)
+    initial: Mapping[str, Any] | None = None
+    dt: float | None = None
+    dt_factor: float | None = None
+    steps: int = 40
+
+
+@dataclass(frozen=True)
 class Entry:
-    """A catalogue entry: factory, description, default IC sampler and default saved step.
+    """A catalogue entry: factory, description, default IC sampler, default saved step and
+    named scenarios (the first is the default).
 
     The saved step is ``dt = dt_factor * dt_scale(grid, params)``, where ``dt_scale`` is the
     PDE's natural explicit time scale (``dx^2 / a`` for diffusion, ``dx / |c|`` for transport).
@@ -112,6 +133,7 @@ class Entry:
     dt_scale: Callable[[Grid, dict], float]
     dt_factor: float
     dt_text: str
+    scenarios: tuple[Scenario, ...] = ()
 
     @property
     def defaults(self) -> dict[str, float]:
@@ -124,24 +146,78 @@ class Entry:
         p = {**self.defaults, **(params or {})}
         return float((self.dt_factor if factor is None else factor) * self.dt_scale(grid, p))
 
+    def scenario(self, name: str | None = None) -> Scenario:
+        """Scenario ``name`` (``None``: the default, the first)."""
+        if name is None:
+            return self.scenarios[0]
+        for sc in self.scenarios:
+            if sc.name == name:
+                return sc
+        raise DatagenError(f"{self.name} has no scenario {name!r}; choose one of: "
+                           + ", ".join(sc.name for sc in self.scenarios))
+
+
+_PERIODIC_100 = {"shape": (100, 100), "extent": (1.0, 1.0), "boundary": "periodic"}
+_PERIODIC_128 = {"shape": (128, 128), "extent": (1.0, 1.0), "boundary": "periodic"}
+
+# The Well's gray_scott_reaction_diffusion regimes (F, k), with Du = 2e-5, Dv = 1e-5
+_WELL_GRAY_SCOTT = (("spots", 0.03, 0.062), ("maze", 0.029, 0.057), ("gliders", 0.014, 0.054),
+                    ("bubbles", 0.098, 0.057), ("worms", 0.058, 0.065), ("spirals", 0.018, 0.051))
+
+
+def _gray_scott(name: str, F: float, k: float) -> Scenario:
+    # The Well's resolution (dx = 1/64) on a unit square; patterns settle by t ~ 2000
+    return Scenario(name, f"The Well's {name} regime F={F:g}, k={k:g}; 64^2 cells, t = 0..2000",
+                    params={"F": F, "k": k}, grid={"shape": (64, 64), "extent": (1.0, 1.0), "boundary": "periodic"},
+                    initial={"name": "patches", "n_patches": 6, "size": 0.15}, dt=20.0, steps=100)
+
 
 CATALOGUE: dict[str, Entry] = {
     e.name: e
     for e in [
         Entry("heat", heat, "heat equation", {"name": "sincos", "k_min": 5, "k_max": 7},
-              _diffusive_scale("a"), 0.24, "dx^2 / a"),
+              _diffusive_scale("a"), 0.24, "dx^2 / a",
+              (Scenario("decay", "sin-cos modes k = 5..7 decay by about 85 % over 40 steps of 0.24 dx^2/a",
+                        grid=_PERIODIC_100, dt_factor=0.24),)),
         Entry("advection", advection, "linear advection", {"name": "sincos", "k_min": 1, "k_max": 3},
-              _advective_scale, 0.5, "dx / max|c|"),
+              _advective_scale, 0.5, "dx / max|c|",
+              (Scenario("crossing", "sin-cos modes k = 1..3 carried 1.25 times across the domain (t = 0..1.25)",
+                        grid=_PERIODIC_100, dt=0.025, steps=50),)),
         Entry("fisher", fisher, "Fisher-KPP reaction-diffusion (the paper's setting)",
-              {"name": "sincos", "k_min": 5, "k_max": 8}, _diffusive_scale("a"), 0.24, "dx^2 / a"),
+              {"name": "sincos", "k_min": 5, "k_max": 8}, _diffusive_scale("a"), 0.24, "dx^2 / a",
+              (Scenario("paper", "the paper's setting: sin-cos data k = 5..8, 100^2, dt = 0.24 dx^2/a, 40 steps",
+                        grid=_PERIODIC_100, dt_factor=0.24),
+               Scenario("front", "a band of u = 1 invading u = 0: two fronts at speed 2 sqrt(a r), t = 0..40 on "
+                        "[0, 20]^2", grid={"shape": (200, 200), "extent": (20.0, 20.0), "boundary": "periodic"},
+                        initial={"name": "band", "half_min": 0.05, "half_max": 0.075, "width": 0.01},
+                        dt=1.0, steps=40))),
         Entry("allen_cahn", allen_cahn, "Allen-Cahn phase separation",
-              {"name": "grf", "amplitude": 0.5, "alpha": 3.0}, _allen_cahn_scale, 0.24, "dx^2 / epsilon^2"),
+              {"name": "grf", "amplitude": 0.5, "alpha": 3.0}, _allen_cahn_scale, 0.24, "dx^2 / epsilon^2",
+              (Scenario("coarsening", "small random data separate into +-1 phases that coarsen (epsilon = 0.01, "
+                        "t = 0..500)", params={"epsilon": 0.01}, grid=_PERIODIC_128,
+                        initial={"name": "grf", "amplitude": 0.1, "alpha": 3.0, "length_scale": 0.2},
+                        dt=10.0, steps=50),)),
         Entry("gray_scott", gray_scott, "Gray-Scott two-field reaction-diffusion", {"name": "patches"},
-              _diffusive_scale("Du", "Dv"), 0.5, "dx^2 / max(Du, Dv)"),
+              _diffusive_scale("Du", "Dv"), 0.5, "dx^2 / max(Du, Dv)",
+              tuple(_gray_scott(*r) for r in _WELL_GRAY_SCOTT)),
         Entry("fitzhugh_nagumo", fitzhugh_nagumo, "FitzHugh-Nagumo two-field excitable medium",
-              {"name": "grf", "amplitude": 0.1, "alpha": 2.0}, _fhn_scale, 0.24, "dx^2 / max(Du, Dv/tau)"),
+              {"name": "grf", "amplitude": 0.1, "alpha": 2.0}, _fhn_scale, 0.24, "dx^2 / max(Du, Dv/tau)",
+              (Scenario("waves", "excitable medium: stimuli at rest u = v = kappa^(1/3) launch rings that sweep the "
+                        "domain and annihilate (t = 0..80)",
+                        params={"Du": 1e-4, "Dv": 0.0, "tau": 10.0, "kappa": -0.3}, grid=_PERIODIC_128,
+                        initial={"name": "bumps", "n_bumps": 2, "width": 0.05, "amplitude": 2.0,
+                                 "offset": -0.3 ** (1 / 3)}, dt=2.0, steps=40),
+               Scenario("pdebench", "PDEBench's 2-D diffusion-reaction setting: Du = 1e-3, Dv = 5e-3, k = 5e-3 on "
+                        "[-1, 1]^2, 128^2, random data, t = 0..5 in 100 steps",
+                        params={"Du": 1e-3, "Dv": 5e-3, "tau": 1.0, "kappa": -5e-3},
+                        grid={"shape": (128, 128), "extent": (2.0, 2.0), "boundary": "neumann"},
+                        initial={"name": "grf", "amplitude": 1.0, "alpha": 1.0, "length_scale": 0.05},
+                        dt=0.05, steps=100))),
         Entry("burgers", burgers, "scalar viscous Burgers", {"name": "fourier", "n_modes": 4, "amplitude": 0.5},
-              _diffusive_scale("nu"), 0.2, "dx^2 / nu"),
+              _diffusive_scale("nu"), 0.2, "dx^2 / nu",
+              (Scenario("steepening", "smooth data of size 1 steepen into shocks (max |grad u| grows 6-15x) that "
+                        "then decay; nu = 0.004, t = 0..1.5", params={"nu": 0.004}, grid=_PERIODIC_128,
+                        initial={"name": "fourier", "n_modes": 1, "amplitude": 1.0}, dt=0.03, steps=50),)),
     ]
 }
 

@@ -82,14 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "--workers, --scheduler, --resume, --overwrite, --quiet, and --splits to make other splits of the "
                    "same configuration; every other option is refused)")
     g.add_argument("--splits", default=None, help="split=count pairs (default train=64,test=16)")
-    g.add_argument("--steps", type=int, default=40, help="saved steps after the initial state (default 40)")
+    g.add_argument("--scenario", help="a named setting of the PDE (see `datagen list`; default: its first)")
+    g.add_argument("--steps", type=int, help="saved steps after the initial state (default: the scenario's)")
     g.add_argument("--seed", type=int, default=0, help="root seed; each trajectory draws from (seed, split, index)")
     g.add_argument("--param", action="append", help="PDE parameter, e.g. a=0.02 (repeatable)")
-    g.add_argument("--grid", default="100,100", help="grid points nx,ny (default 100,100)")
-    g.add_argument("--extent", default="1,1", help="domain lengths Lx,Ly (default 1,1)")
-    g.add_argument("--boundary", default="periodic", help="periodic | dirichlet | neumann")
-    g.add_argument("--boundary-value", default="0", help="Dirichlet wall value(s), one per field")
-    g.add_argument("--dt", type=float, help="saved time step (default: the catalogue's rule)")
+    g.add_argument("--grid", help="grid points nx,ny (default: the scenario's, e.g. 100,100)")
+    g.add_argument("--extent", help="domain lengths Lx,Ly (default: the scenario's, e.g. 1,1)")
+    g.add_argument("--boundary", help="periodic | dirichlet | neumann (default: the scenario's)")
+    g.add_argument("--boundary-value", help="Dirichlet wall value(s), one per field (default 0)")
+    g.add_argument("--dt", type=float, help="saved time step (default: the scenario's)")
     g.add_argument("--dt-factor", type=float, help="dt as a multiple of the PDE time scale, e.g. 0.24 for 0.24 dx^2/a")
     g.add_argument("--integrator", default="reference", help="reference | euler | rk4 | etdrk4 | bdf | radau | rk45")
     g.add_argument("--substeps", default="1", help="internal steps per saved step, or auto")
@@ -125,24 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list() -> int:
-    """Print the catalogue."""
+    """Print the catalogue with each entry's scenarios (the first is the default)."""
     for name, e in catalogue.CATALOGUE.items():
         pde = e.factory()
         params = ", ".join(f"{k}={v:g}" for k, v in e.defaults.items())
-        ic = ", ".join(f"{k}={v}" for k, v in e.initial.items() if k != "name")
         print(f"{name}: {e.description}")
         print(f"  parameters: {params}")
         for line in pde.expression().splitlines():
             print(f"  {line}")
-        print(f"  default dt: {e.dt_factor:g} * {e.dt_text};  initial condition: {e.initial['name']}"
-              + (f" ({ic})" if ic else ""))
+        print("  scenarios (--scenario; the first is the default):")
+        for sc in e.scenarios:
+            print(f"    {sc.name}: {sc.description}")
     return 0
 
 
 # generation options that --from takes from the provenance instead
-FROM_CONFLICTS = ("pde_text", "field", "steps", "seed", "param", "grid", "extent", "boundary", "boundary_value", "dt",
-                  "dt_factor", "integrator", "substeps", "method", "accuracy", "ic", "ic_param", "batch_size", "compression",
-                  "backend")
+FROM_CONFLICTS = ("pde_text", "field", "scenario", "steps", "seed", "param", "grid", "extent", "boundary",
+                  "boundary_value", "dt", "dt_factor", "integrator", "substeps", "method", "accuracy", "ic", "ic_param",
+                  "batch_size", "compression", "backend")
 
 
 def _split_counts(text: str) -> dict[str, int]:
@@ -224,12 +225,25 @@ def cmd_generate(a: argparse.Namespace) -> int:
     splits = _split_counts(a.splits or "train=64,test=16")
     if a.accuracy is not None and a.accuracy not in (2, 4, 6, 8):
         raise DatagenError(f"--accuracy {a.accuracy} must be a finite-difference order 2, 4, 6 or 8")
-    bv = _floats(a.boundary_value, "--boundary-value")
-    grid = {"shape": list(_ints(a.grid, "--grid")), "extent": list(_floats(a.extent, "--extent")),
-            "boundary": a.boundary, "boundary_value": bv[0] if len(bv) == 1 else list(bv)}
+    grid: dict = {}
+    if a.grid is not None:
+        grid["shape"] = list(_ints(a.grid, "--grid"))
+    if a.extent is not None:
+        grid["extent"] = list(_floats(a.extent, "--extent"))
+    if a.boundary is not None:
+        grid["boundary"] = a.boundary
+    if a.boundary_value is not None:
+        bv = _floats(a.boundary_value, "--boundary-value")
+        grid["boundary_value"] = bv[0] if len(bv) == 1 else list(bv)
+    if a.scenario is not None and spec is not None:
+        raise DatagenError("--scenario names a setting of a catalogue PDE; a --pde run takes its options directly")
     initial = None
     if a.ic or a.ic_param:
-        base = dict(catalogue.get(a.pde).initial) if spec is None else {"name": "fourier"}
+        if spec is None:
+            entry = catalogue.get(a.pde)
+            base = dict(entry.scenario(a.scenario).initial or entry.initial)
+        else:
+            base = {"name": "fourier"}
         name = a.ic or base["name"]
         # the user's parameters go over the catalogue's defaults for its own sampler
         initial = {**(base if name == base["name"] else {}), "name": name, **_pairs(a.ic_param, "--ic-param")}
@@ -237,7 +251,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
                            spec=spec, grid=grid, steps=a.steps, dt=a.dt,
                            dt_factor=a.dt_factor, integrator=a.integrator, substeps=a.substeps, method=a.method,
                            accuracy=a.accuracy, initial=initial, seed=a.seed, batch_size=a.batch_size,
-                           compression=a.compression, backend=a.backend)
+                           compression=a.compression, backend=a.backend, scenario=a.scenario)
     if a.verbose:
         resolved = cfg.resolve().to_dict()
         print("resolved configuration: " + json.dumps({k: v for k, v in resolved.items() if k != "split"},

@@ -21,7 +21,7 @@ import shutil
 import zlib
 from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -53,9 +53,14 @@ class GenerationConfig:
             from :func:`datagen.parse_pde`) instead of a catalogue entry; its parameters are its
             own, ``dt`` defaults to 0.24 dx^2 over its largest diffusion coefficient and the
             initial condition to ``fourier``.
-        grid: ``Grid.to_dict()``-style mapping (shape, extent, boundary, boundary_value).
-        steps: saved steps after the initial state (the file holds ``steps + 1`` frames).
-        dt: saved time step; ``None`` uses ``dt_factor`` times the PDE's time scale.
+        scenario: a named setting of the catalogue entry (``datagen list`` shows them; ``None``:
+            its default, e.g. the paper's setting for ``fisher``). It supplies defaults for
+            ``params``, ``grid``, ``initial``, ``dt`` and ``steps``; what is given here goes over it.
+        grid: ``Grid.to_dict()``-style mapping (shape, extent, boundary, boundary_value); keys
+            left out come from the scenario, then from ``Grid()``.
+        steps: saved steps after the initial state (the file holds ``steps + 1`` frames;
+            ``None``: the scenario's).
+        dt: saved time step; ``None``: the scenario's (or ``dt_factor`` times the PDE's time scale).
         dt_factor: multiplier of the catalogue time scale (e.g. 0.24 for ``0.24 dx^2 / a``).
         integrator: ``"reference"`` (accurate default: spectral ETDRK4 on periodic grids,
             fourth-order FD with RK4 otherwise) or a name from ``datagen.integrators``.
@@ -76,8 +81,8 @@ class GenerationConfig:
 
     pde: str = "fisher"
     params: Mapping[str, float] = field(default_factory=dict)
-    grid: Mapping[str, Any] = field(default_factory=lambda: Grid().to_dict())
-    steps: int = 40
+    grid: Mapping[str, Any] = field(default_factory=dict)
+    steps: int | None = None
     dt: float | None = None
     dt_factor: float | None = None
     integrator: str = "reference"
@@ -95,6 +100,7 @@ class GenerationConfig:
     atol: float = 1e-10
     spec: Mapping[str, Any] | None = None
     tolerance: float | None = None
+    scenario: str | None = None
 
     def __post_init__(self) -> None:
         check_split_name(self.split)
@@ -121,8 +127,28 @@ class GenerationConfig:
             return PDE.from_dict(self.spec)
         return catalogue.make_pde(self.pde, dict(self.params))
 
+    def with_scenario(self) -> "GenerationConfig":
+        """A copy with the scenario's defaults filled in under the given options (nothing checked
+        or built beyond that); user PDEs get ``Grid()`` and 40 steps."""
+        if self.spec is not None:
+            if self.scenario is not None:
+                raise DatagenError("scenarios belong to catalogue PDEs; a user PDE takes its options directly")
+            return replace(self, grid={**Grid().to_dict(), **dict(self.grid)},
+                           steps=40 if self.steps is None else self.steps)
+        entry = catalogue.get(self.pde)
+        sc = entry.scenario(self.scenario)
+        dt, dt_factor = self.dt, self.dt_factor
+        if dt is None and dt_factor is None:
+            dt, dt_factor = sc.dt, sc.dt_factor
+        grid = {**Grid().to_dict(), **{k: list(v) if isinstance(v, tuple) else v for k, v in sc.grid.items()},
+                **dict(self.grid)}
+        return replace(self, scenario=sc.name, params={**sc.params, **dict(self.params)}, grid=grid,
+                       steps=sc.steps if self.steps is None else self.steps, dt=dt, dt_factor=dt_factor,
+                       initial=self.initial if self.initial is not None else sc.initial)
+
     def resolve(self) -> "GenerationConfig":
         """A copy with every default made explicit and every value checked."""
+        self = self.with_scenario()
         entry = catalogue.get(self.pde) if self.spec is None else None
         pde = self.make_pde()
         params = {k: float(v) for k, v in pde.parameters.items()}
@@ -197,7 +223,7 @@ class GenerationConfig:
             initial=sampler.to_dict(), seed=int(self.seed), split=str(self.split),
             n_trajectories=int(self.n_trajectories), batch_size=int(self.batch_size),
             compression=self.compression, backend=self.backend, rtol=float(self.rtol), atol=float(self.atol),
-            tolerance=tolerance,
+            tolerance=tolerance, scenario=self.scenario,
         )
         stepper = _build(json.dumps(cfg.to_dict(), sort_keys=True))[2]
         if cfg.substeps == "auto":  # record the count actually used
@@ -213,6 +239,8 @@ class GenerationConfig:
             del d["spec"]  # catalogue runs: provenance as before
         if self.tolerance is None:
             del d["tolerance"]
+        if self.scenario is None:
+            del d["scenario"]
         return d
 
     @classmethod
@@ -459,6 +487,7 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
         raise DatagenError(f"{out} exists; pass --overwrite to replace it")
     if workers < 1:
         raise DatagenError(f"workers={workers} must be at least 1")
+    config = config.with_scenario()
     pde = config.make_pde()
     grid = Grid.from_dict(config.grid)
     _check_memory(config, pde.n_fields, grid, workers if not scheduler else 1)

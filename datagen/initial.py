@@ -16,7 +16,7 @@ import numpy as np
 from .errors import DatagenError
 from .grid import Grid
 
-__all__ = ["SinCos", "Fourier", "GRF", "Bumps", "Front", "Patches", "SAMPLERS", "make_sampler"]
+__all__ = ["SinCos", "Fourier", "GRF", "Bumps", "Front", "Band", "Patches", "SAMPLERS", "make_sampler"]
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,33 @@ class Front(Sampler):
 
 
 @dataclass(frozen=True)
+class Band(Sampler):
+    """A band of ``high`` in ``low`` across ``axis`` (0 = x, 1 = y): two fronts
+    ``low + (high - low) (tanh((h - |s - c|) / width) + 1) / 2`` with s the relative coordinate,
+    centre c uniform in [0, 1) and half-width h uniform in ``[half_min, half_max]`` (periodic
+    distance on periodic grids). Values stay in [low, high]: Fisher invasion fronts."""
+
+    name: ClassVar[str] = "band"
+    half_min: float = 0.05
+    half_max: float = 0.1
+    width: float = 0.01
+    axis: int = 0
+    high: float = 1.0
+    low: float = 0.0
+
+    def _one(self, grid: Grid, rng: np.random.Generator) -> np.ndarray:
+        if self.axis not in (0, 1):
+            raise DatagenError(f"band needs axis 0 (x) or 1 (y), got {self.axis}")
+        if not (0 < self.half_min <= self.half_max < 0.5 and self.width > 0):
+            raise DatagenError("band needs 0 < half_min <= half_max < 0.5 and width > 0")
+        c, h = rng.random(), self.half_min + (self.half_max - self.half_min) * rng.random()
+        d = grid.meshgrid()[self.axis] / grid.extent[self.axis] - c
+        if grid.boundary == "periodic":
+            d = d - np.round(d)
+        return self.low + (self.high - self.low) * 0.5 * (np.tanh((h - np.abs(d)) / self.width) + 1.0)
+
+
+@dataclass(frozen=True)
 class Patches(Sampler):
     """Two-field Gray-Scott start: ``u = 1, v = 0`` with ``n_patches`` square patches of relative
     side ``size`` where ``u = 0.5, v = 0.25``, plus uniform noise of amplitude ``noise``."""
@@ -214,7 +241,7 @@ class Patches(Sampler):
         return np.maximum(np.stack([u, v]), 0.0)
 
 
-SAMPLERS: dict[str, type[Sampler]] = {c.name: c for c in (SinCos, Fourier, GRF, Bumps, Front, Patches)}
+SAMPLERS: dict[str, type[Sampler]] = {c.name: c for c in (SinCos, Fourier, GRF, Bumps, Front, Band, Patches)}
 
 
 def make_sampler(spec: Mapping[str, Any] | Sampler) -> Sampler:

@@ -365,14 +365,15 @@ def test_a_failed_run_leaves_nothing_that_blocks_the_corrected_rerun(tmp_path, a
     run("generate", "fisher", "--out", out, "--splits", "train=2", *SMALL)  # no --resume or --overwrite needed
 
 
-def test_ic_params_go_over_the_catalogue_defaults(tmp_path):
+def test_ic_params_go_over_the_scenario_defaults(tmp_path):
     import h5py
     import json as _json
 
     run("generate", "allen_cahn", "--out", tmp_path, "--splits", "train=1", *SMALL, "--ic-param", "alpha=2")
     with h5py.File(F(tmp_path, name="allen_cahn")) as f:
         initial = _json.loads(f.attrs["provenance"])["config"]["initial"]
-    assert initial["alpha"] == 2.0 and initial["amplitude"] == 0.5  # the catalogue's amplitude is kept
+    # the default scenario's sampler parameters are kept
+    assert initial["alpha"] == 2.0 and initial["amplitude"] == 0.1 and initial["length_scale"] == 0.2
 
 
 @pytest.mark.slow
@@ -457,7 +458,9 @@ def test_every_option_has_help_and_quiet_verbose_work(tmp_path):
 def test_nonlinear_cfl_is_checked_before_solving(tmp_path):
     args = ["generate", "burgers", "--out", tmp_path / "o", "--splits", "train=2", "--grid", "32,32", "--steps", "3",
             "--integrator", "rk4", "--method", "fd", "--param", "nu=0", "--quiet"]
-    assert_one_line_error(run(*args, check=False), "give --dt")
+    assert_one_line_error(run(*args, "--dt-factor", "0.2", check=False), "give --dt")  # no diffusion to scale by
+    # the scenario's dt = 0.03 with data of size 1
+    assert_one_line_error(run(*args, check=False), "nonlinear transport of burgers moves 1.92 cells per substep")
     p = run(*args, "--dt", "0.05", "--ic-param", "amplitude=2", check=False)
     assert_one_line_error(p, "nonlinear transport of burgers moves 6.4 cells per substep")
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())

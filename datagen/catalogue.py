@@ -160,9 +160,11 @@ class Entry:
 _PERIODIC_100 = {"shape": (100, 100), "extent": (1.0, 1.0), "boundary": "periodic"}
 _PERIODIC_128 = {"shape": (128, 128), "extent": (1.0, 1.0), "boundary": "periodic"}
 
-# The Well's gray_scott_reaction_diffusion regimes (F, k), with Du = 2e-5, Dv = 1e-5
+# The Well's gray_scott_reaction_diffusion regimes (F, k), with Du = 2e-5, Dv = 1e-5. Its sixth,
+# bubbles (0.098, 0.057), decays to the uniform state u = 1, v = 0 from these patch data, so it
+# is left out rather than named for a behaviour it does not show.
 _WELL_GRAY_SCOTT = (("spots", 0.03, 0.062), ("maze", 0.029, 0.057), ("gliders", 0.014, 0.054),
-                    ("bubbles", 0.098, 0.057), ("worms", 0.058, 0.065), ("spirals", 0.018, 0.051))
+                    ("worms", 0.058, 0.065), ("spirals", 0.018, 0.051))
 
 
 def _gray_scott(name: str, F: float, k: float) -> Scenario:

@@ -8,7 +8,12 @@ integrator and accuracy. py-pde (a benchmark-only dependency) solves the identic
 five-point scheme with a reused compiled stepper. Then a whole 256-trajectory 100^2 dataset is
 written to HDF5 by each tool, each in a fresh process so that compile time counts.
 
-    python benchmarks/datagen.py [--quick]
+    python benchmarks/datagen.py [--quick] [--end-to-end]
+
+``--end-to-end`` runs only the pipeline comparison: ``datagen generate`` (forward Euler x3,
+FD2, float64 solve, float32 HDF5) against a plain numpy script solving all trajectories at
+once with ``np.roll`` and writing with h5py, same initial conditions, data compared value by
+value, and the fraction of the memory-bandwidth bound each reaches.
 
 Prints a table and writes benchmarks/results/datagen.json.
 """
@@ -142,8 +147,8 @@ import time, sys
 t = time.perf_counter()
 from datagen import GenerationConfig, generate
 cfg = GenerationConfig(n_trajectories={n}, batch_size=32, integrator="{integ}", substeps={sub!r}, method="{method}",
-                       accuracy=2, backend="{backend}", split="bench")
-generate(cfg, sys.argv[1], overwrite=True)
+                       accuracy=2 if "{method}" == "fd" else None, backend="{backend}", split="bench")
+generate(cfg, sys.argv[1], overwrite=True, workers={workers})
 print(time.perf_counter() - t)
 """
 
@@ -177,10 +182,12 @@ print(time.perf_counter() - t)
 
 def bench_dataset(n_traj: int, tmp: str) -> list[dict]:
     rows = []
-    runs = [("datagen euler fd2 (numba)", DATASET_OURS.format(n=n_traj, integ="euler", sub=1, method="fd", backend="numba")),
-            ("datagen euler fd2 (numpy)", DATASET_OURS.format(n=n_traj, integ="euler", sub=1, method="fd", backend="numpy")),
+    runs = [("datagen euler fd2 (numba)", DATASET_OURS.format(n=n_traj, integ="euler", sub=1, method="fd", backend="numba",
+                                                                 workers=1)),
+            ("datagen euler fd2 (numpy)", DATASET_OURS.format(n=n_traj, integ="euler", sub=1, method="fd", backend="numpy",
+                                                              workers=1)),
             ("datagen default reference (spectral etdrk4)",
-             DATASET_OURS.format(n=n_traj, integ="reference", sub=1, method="spectral", backend="numpy")),
+             DATASET_OURS.format(n=n_traj, integ="reference", sub=1, method="spectral", backend="numpy", workers=1)),
             ("py-pde euler (compile + reused stepper)", DATASET_PYPDE.format(n=n_traj))]
     for label, code in runs:
         p = subprocess.run([sys.executable, "-c", textwrap.dedent(code), f"{tmp}/{len(rows)}.h5"],
@@ -194,14 +201,104 @@ def bench_dataset(n_traj: int, tmp: str) -> list[dict]:
     return rows
 
 
+PLAIN_SCRIPT = """
+import time, sys
+t = time.perf_counter()
+import numpy as np, h5py
+from datagen import Grid
+from datagen.generate import trajectory_rng
+from datagen.initial import SinCos
+n, steps, N, sub = 100, 40, {n}, 3
+a = 0.01
+dx = 1.0 / n
+dt = 0.24 * dx * dx / a
+h = dt / sub
+g = Grid((n, n))
+u = np.stack([SinCos(5, 8).sample(g, 1, trajectory_rng(0, "bench", i))[0] for i in range(N)])
+out = np.empty((N, steps + 1, n, n), np.float32)
+out[:, 0] = u
+for k in range(steps):
+    for _ in range(sub):
+        lap = (np.roll(u, 1, -2) + np.roll(u, -1, -2) + np.roll(u, 1, -1) + np.roll(u, -1, -1) - 4 * u) / (dx * dx)
+        u = u + h * (a * lap + u - u * u)
+    out[:, k + 1] = u
+with h5py.File(sys.argv[1], "w") as f:
+    f.create_dataset("u", data=out, chunks=(1, 1, n, n))
+print(time.perf_counter() - t)
+"""
+
+
+def bandwidth() -> float:
+    """Bytes per second of a large float64 copy (read + write), median of 5."""
+    a, b = np.ones(2 ** 27 // 8 * 4), np.empty(2 ** 27 // 8 * 4)
+    t = median_time(lambda: np.copyto(b, a), repeats=5)
+    return 2 * a.nbytes / t
+
+
+def bench_end_to_end(n_traj: int, tmp: str) -> list[dict]:
+    """datagen generate against the plain script; fraction of the bandwidth bound."""
+    import h5py
+    import resource
+
+    bw = bandwidth()
+    cells, substeps, steps = n_traj * 100 * 100, 3, 40
+    # the least traffic: each substep reads and writes the float64 state once; frames written once as float32
+    bound = (cells * steps * substeps * 16 + cells * (steps + 1) * 4) / bw
+    runs = [("plain numpy script (all at once, h5py)", PLAIN_SCRIPT.format(n=n_traj))]
+    for backend, workers in (("numpy", 1), ("numba", 1), ("numpy", 2)):
+        runs.append((f"datagen generate ({backend}, {workers} worker{'s' * (workers > 1)})",
+                     DATASET_OURS.format(n=n_traj, integ="euler", sub=substeps, method="fd", backend=backend,
+                                         workers=workers)))
+    rows: list[dict] = []
+    ref = None
+    for k, (label, code) in enumerate(runs):
+        path = f"{tmp}/e2e{k}.h5"
+        times = []
+        for _ in range(3):
+            p = subprocess.run([sys.executable, "-c", textwrap.dedent(code), path], capture_output=True, text=True,
+                               cwd=tmp)
+            if p.returncode != 0:
+                print(f"  {label}: failed: {p.stderr.strip().splitlines()[-1]}")
+                break
+            times.append(float(p.stdout.strip().splitlines()[-1]))
+        if not times:
+            continue
+        with h5py.File(path, "r") as f:
+            data = f["u"][...] if "u" in f else f["t0_fields/u"][...]
+        if ref is None:
+            ref = data
+        t = float(np.median(times))
+        rows.append({"case": label, "trajectories": n_traj, "seconds": t, "speed_vs_script": None,
+                     "bandwidth_fraction": bound / t, "identical_bytes": bool(np.array_equal(data, ref)),
+                     "max_abs_diff_vs_script": float(np.abs(data.astype(np.float64) - ref).max())})
+        print(f"  {label:<42} {t:6.2f} s  {100 * bound / t:5.1f} % of the bandwidth bound  "
+              f"max |diff| vs script {rows[-1]['max_abs_diff_vs_script']:.1e}", flush=True)
+    for r in rows:
+        r["speed_vs_script"] = rows[0]["seconds"] / r["seconds"]
+    print(f"  (bandwidth {bw / 1e9:.1f} GB/s for a large copy; bound {bound:.3f} s; peak memory not measured here)")
+    del resource
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100^2 only, fewer cases, 64-trajectory dataset")
+    ap.add_argument("--end-to-end", action="store_true", help="only the pipeline against the plain numpy script")
     args = ap.parse_args()
     import tempfile
 
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, python {info['python']}, numpy {info['numpy']}")
+    if args.end_to_end:
+        with tempfile.TemporaryDirectory() as tmp:
+            e2e = bench_end_to_end(256, tmp)
+        print()
+        print(table(e2e, [("case", "256 Fisher trajectories, Euler x3 FD2, 100^2, 40 steps", "s"),
+                          ("seconds", "wall s (median of 3)", ".2f"), ("speed_vs_script", "speed vs script", ".2f"),
+                          ("bandwidth_fraction", "of bandwidth bound", ".1%"),
+                          ("max_abs_diff_vs_script", "max |diff|", ".1e")]))
+        print(f"\nwrote {write_json('datagen_end_to_end', {'machine': info, 'rows': e2e})}")
+        return
     rows = []
     for n in ([100] if args.quick else [100, 256]):
         rows += bench_grid(n, args.quick)

@@ -9,6 +9,10 @@ dataset's provenance.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sys
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -16,7 +20,7 @@ import numpy as np
 from .errors import DatagenError
 from .stencils import central_stencil
 
-__all__ = ["available", "compile_rhs"]
+__all__ = ["available", "compile_rhs", "cache_dir"]
 
 
 def available() -> bool:
@@ -67,28 +71,56 @@ def _source(sd, fused: bool) -> str:
     )
 
 
-_WRAP = None
+_WRAP_SOURCE = """
+def wrap(U, P, R):
+    nx, ny = U.shape[2], U.shape[3]
+    for n in range(U.shape[0]):
+        for c in range(U.shape[1]):
+            for i in range(nx + 2 * R):
+                si = (i - R) % nx
+                P[n, c, i, R:R + ny] = U[n, c, si, :]
+                P[n, c, i, :R] = U[n, c, si, ny - R:]
+                P[n, c, i, R + ny:] = U[n, c, si, :R]
+"""
 
 
-def _wrap_pad():
-    """Periodic ghost cells in one pass (np.pad takes several)."""
-    global _WRAP
-    if _WRAP is None:
-        import numba
+def cache_dir() -> Path:
+    """Where compiled kernels are kept between processes: ``$DATAGEN_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/datagen`` (``~/.cache/datagen``)."""
+    root = os.environ.get("DATAGEN_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "datagen"
 
-        @numba.njit(cache=False)
-        def wrap(U, P, R):
-            nx, ny = U.shape[2], U.shape[3]
-            for n in range(U.shape[0]):
-                for c in range(U.shape[1]):
-                    for i in range(nx + 2 * R):
-                        si = (i - R) % nx
-                        P[n, c, i, R:R + ny] = U[n, c, si, :]
-                        P[n, c, i, :R] = U[n, c, si, ny - R:]
-                        P[n, c, i, R + ny:] = U[n, c, si, :R]
 
-        _WRAP = wrap
-    return _WRAP
+def _cached_kernel(source: str):
+    """``(kernel, wrap)`` of ``source`` from a module file named by its hash, compiled with
+    numba's on-disk cache, so a fresh process loads them instead of compiling (about 2 s);
+    ``None`` when the cache folder cannot be written."""
+    import importlib.util
+
+    import numba
+
+    digest = hashlib.sha256((source + numba.__version__).encode()).hexdigest()[:20]
+    name = f"datagen_kernel_{digest}"
+    folder = cache_dir() / "numba"
+    path = folder / f"{name}.py"
+    # the kernel and the periodic ghost-cell fill (one pass; np.pad takes several), both cached
+    text = ("import numba\n\n\n@numba.njit(cache=True, error_model='numpy')\n" + source
+            + "\n\n@numba.njit(cache=True)" + _WRAP_SOURCE)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, path)  # concurrent processes write the same text: either one wins
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # numba's cache re-imports the kernel's module by name
+        spec.loader.exec_module(module)
+    except OSError:
+        return None
+    return module.kernel, module.wrap
 
 
 def compile_rhs(sd, fused: bool) -> Callable[[np.ndarray, float], np.ndarray]:
@@ -99,11 +131,15 @@ def compile_rhs(sd, fused: bool) -> Callable[[np.ndarray, float], np.ndarray]:
         import numba
     except ImportError:
         raise DatagenError("backend 'numba' needs numba: pip install numba (or the [fast] extra)") from None
-    ns: dict = {"numba": numba}
-    exec(compile(_source(sd, fused), "<datagen-numba-kernel>", "exec"), ns)
-    kernel = numba.njit(parallel=False, fastmath=False, error_model="numpy")(ns["kernel"])
+    compiled = _cached_kernel(_source(sd, fused))
+    if compiled is None:  # no writable cache folder: compile in this process only
+        ns: dict = {"numba": numba}
+        exec(compile(_source(sd, fused) + _WRAP_SOURCE, "<datagen-numba-kernel>", "exec"), ns)
+        compiled = (numba.njit(error_model="numpy")(ns["kernel"]), numba.njit(ns["wrap"]))
+    kernel, wrap = compiled
     R = max(sd.radius, 0)
-    wrap = _wrap_pad() if sd.grid.boundary == "periodic" else None
+    if sd.grid.boundary != "periodic":
+        wrap = None
 
     def f(U: np.ndarray, h: float = 1.0) -> np.ndarray:
         lead = U.shape[:-3]

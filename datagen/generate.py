@@ -1,13 +1,13 @@
 """Dataset generation: sample initial conditions, solve in batches, write HDF5.
 
-Work is split into batches of trajectories. Each finished batch is saved atomically as a ``.npy``
-file in a hidden work folder beside the output (``.NAME.partial/``), so a killed run loses at
-most the batches in flight and ``resume=True`` continues where it stopped. When all batches exist
-they are streamed into the HDF5 file under a temporary name, which is renamed on success; the
-work folder is then removed. Because each trajectory draws its initial condition from its own
-seed (``SeedSequence(seed, spawn_key=(split, index))``) and the final file is written in one
-pass, an interrupted-and-resumed run produces the same bytes as an uninterrupted one, whatever
-the number of workers.
+Work is split into batches of trajectories, solved in this process, in local worker processes
+or on a Dask cluster. Each finished batch goes straight into its place in the output's final
+HDF5 layout, written under a temporary name (see :mod:`datagen.writer`), so a killed run loses
+at most the batches in flight and ``resume=True`` continues where it stopped. Because each
+trajectory draws its initial condition from its own seed
+(``SeedSequence(seed, spawn_key=(split, index))``) and every batch has a fixed place in the file,
+an interrupted-and-resumed run produces the same bytes as an uninterrupted one, whatever the
+number of workers.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from .errors import DatagenError
 from .grid import Grid
 from .initial import make_sampler
 from .pde import PDE
-from .integrators import RK4, make_integrator, reaction_rate
+from .integrators import RK4, make_integrator, reaction_rate, rollout
 from .semidiscrete import SemiDiscrete
-from .store import COMPRESSIONS, write_dataset
+from .store import COMPRESSIONS
 
 log = logging.getLogger("datagen")
 
@@ -301,8 +301,7 @@ def solve_batch(cfg_json: str, start: int, stop: int, with_errors: bool = False)
         raise DatagenError(f"the initial condition of trajectory {start + _first_bad(u0[:, None])[0]} is not finite; "
                            "check the --ic-param values")
     with np.errstate(all="ignore"):  # a blow-up is reported below, once, with its cause
-        traj, est, used = _rollout(cfg_json, u0, cfg["steps"])
-        out = traj.astype(np.float32)
+        out, est, used = _rollout(cfg_json, u0, cfg["steps"], np.float32)
     if not np.all(np.isfinite(out)):
         i, n = _first_bad(out)
         big = float(np.abs(u0).max())
@@ -330,8 +329,10 @@ def _stepper(cfg_json: str, substeps: int):
 MAX_REFINE = 64
 
 
-def _rollout(cfg_json: str, u0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(trajectories, estimated relative errors at the last step, substeps used)``.
+def _rollout(cfg_json: str, u0: np.ndarray, steps: int,
+             dtype: np.dtype | type = np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(trajectories, estimated relative errors at the last step, substeps used)``; frames are
+    stored in ``dtype`` as they are made (the solve itself is float64).
 
     Without a tolerance: the configured substeps, errors NaN. With one: each trajectory is solved
     with ``s`` and ``2s`` substeps; the finer solution is kept once the step-doubling
@@ -342,22 +343,24 @@ def _rollout(cfg_json: str, u0: np.ndarray, steps: int) -> tuple[np.ndarray, np.
     cfg = json.loads(cfg_json)
     base = _stepper(cfg_json, int(cfg["substeps"]))
     b = u0.shape[0]
+    shape = (b, steps + 1, *u0.shape[1:])
     tol = cfg.get("tolerance")
     if not tol:
-        return base.rollout(u0, steps), np.full(b, np.nan), np.full(b, int(cfg["substeps"]))
+        out = base.rollout(u0, steps, out=np.empty(shape, dtype))
+        return out, np.full(b, np.nan), np.full(b, int(cfg["substeps"]))
     s = int(cfg["substeps"])
-    coarse = base.rollout(u0, steps)
-    result = np.empty_like(coarse)
+    result = np.empty(shape, dtype)
+    last_c = rollout(base.step, u0, steps, result)[1].reshape(b, -1)  # the coarse frames are overwritten
     est, used = np.empty(b), np.empty(b, dtype=np.int64)
     todo = np.arange(b)
     while todo.size:
-        fine = _stepper(cfg_json, 2 * s).rollout(u0[todo], steps)
-        last_c, last_f = coarse[:, -1].reshape(todo.size, -1), fine[:, -1].reshape(todo.size, -1)
+        fine = np.empty((todo.size, *shape[1:]), dtype)
+        last_f = rollout(_stepper(cfg_json, 2 * s).step, u0[todo], steps, fine)[1].reshape(todo.size, -1)
         e = np.linalg.norm(last_c - last_f, axis=1) / np.maximum(np.linalg.norm(last_f, axis=1), 1e-300) / 15.0
         # a coarse solution that blew up is no estimate: refine; a fine one that blew up is reported
         done = (e <= tol) | (2 * s >= MAX_REFINE * int(cfg["substeps"])) | ~np.isfinite(last_f).all(axis=1)
         result[todo[done]], est[todo[done]], used[todo[done]] = fine[done], e[done], 2 * s
-        todo, coarse, s = todo[~done], fine[~done], 2 * s
+        todo, last_c, s = todo[~done], last_f[~done], 2 * s
     return result, est, used
 
 
@@ -442,29 +445,6 @@ def _versions() -> dict[str, str]:
     return {"datagen": __version__, "numpy": np.__version__, "scipy": scipy.__version__, "h5py": h5py.__version__}
 
 
-def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr)
-        fh.flush()
-        os.fsync(fh.fileno())  # the rename must not outlive the data after a power cut
-    os.replace(tmp, path)
-
-
-def _batch_ok(path: Path, shape: tuple[int, ...], dtype=np.float32) -> bool:
-    """Whether a finished batch file is whole (a crash or a full disk can truncate it)."""
-    if not path.exists():
-        return False
-    try:
-        arr = np.load(path, mmap_mode="r")
-        ok = arr.shape == shape and arr.dtype == dtype and path.stat().st_size >= arr.nbytes
-    except (OSError, ValueError, EOFError):
-        ok = False
-    if not ok:
-        path.unlink(missing_ok=True)  # recompute it
-    return ok
-
-
 def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int = 1, scheduler: str | None = None,
              resume: bool = False, overwrite: bool = False,
              progress: Callable[[int, int], None] | bool = False) -> Path:
@@ -504,67 +484,63 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
 
 def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers: int, scheduler: str | None,
                      resume: bool, overwrite: bool, progress) -> Path:
-    work = out.with_name(f".{out.name}.partial")
-    cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if work.exists():
-            if overwrite:
-                shutil.rmtree(work)
-            elif not resume:
-                raise DatagenError(f"an interrupted run left {work}; pass --resume to continue it or --overwrite to restart")
-            elif (work / "config.json").read_text() != cfg_json:
-                raise DatagenError(f"{work} belongs to a run with other options; pass --overwrite to restart")
-        work.mkdir(exist_ok=True)
-        (work / "config.json").write_text(cfg_json)
-    except PermissionError:
-        raise DatagenError(f"cannot write to {out.parent}: permission denied; choose another --out") from None
-    except OSError as exc:
-        raise DatagenError(f"cannot write to {out.parent}: {exc.strerror}") from None
+    from .writer import IsolatedWriter
 
+    cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
     bounds = [(s, min(s + cfg.batch_size, cfg.n_trajectories)) for s in range(0, cfg.n_trajectories, cfg.batch_size)]
-    files = [work / f"batch_{k:06d}.npy" for k in range(len(bounds))]
-    frame = (cfg.steps + 1, pde.n_fields, *grid.shape)
-    errs = [work / f"batch_{k:06d}.err.npy" for k in range(len(bounds))]
-    todo = [k for k, f in enumerate(files) if not (_batch_ok(f, (bounds[k][1] - bounds[k][0], *frame)) and
-                                                  _batch_ok(errs[k], (2, bounds[k][1] - bounds[k][0]), np.float64))]
+    meta = {
+        "dataset_name": cfg.pde, "fields": pde.fields, "parameters": pde.parameters,
+        "n_trajectories": cfg.n_trajectories, "time": cfg.dt * np.arange(cfg.steps + 1),
+        "x": grid.x, "y": grid.y, "boundary": cfg.grid,
+    }
+    partial = IsolatedWriter(out, meta, cfg_json, bounds, cfg.compression)
+    try:
+        todo = partial.open(resume, overwrite)
+    except OSError as exc:
+        partial.close()
+        text = exc.strerror or str(exc)
+        if "ermission denied" in text:
+            raise DatagenError(f"cannot write to {out.parent}: permission denied; choose another --out") from None
+        raise DatagenError(f"writing {out} failed: {text}; nothing was written under that name "
+                           "(free space if the disk is full, then rerun)") from None
+    except BaseException:
+        partial.close()
+        raise
+
     report = _progress_reporter(progress, cfg.n_trajectories, cfg.split)
     report(sum(b - a for k, (a, b) in enumerate(bounds) if k not in todo))
+
+    def provenance(est: np.ndarray, used: np.ndarray) -> dict[str, Any]:
+        prov: dict[str, Any] = {"config": cfg.to_dict(), "pde": pde.to_dict(), "expression": pde.expression(),
+                                "versions": _versions()}
+        if cfg.tolerance:
+            prov["reference_error"] = {
+                "tolerance": cfg.tolerance, "estimate": "step doubling at the last saved step, relative L2",
+                "worst": float(np.max(est)), "worst_trajectory": int(np.argmax(est)),
+                "per_trajectory": [float(x) for x in est], "substeps": [int(x) for x in used]}
+        return prov
+
     try:
         for k, (arr, est, used) in _run(cfg_json, [bounds[k] for k in todo], todo, workers, scheduler):
-            _save_atomic(errs[k], np.stack([est, used.astype(np.float64)]))
-            _save_atomic(files[k], arr)
+            partial.write(k, arr, est, used)
             report(bounds[k][1] - bounds[k][0])
-        provenance = {"config": cfg.to_dict(), "pde": pde.to_dict(), "expression": pde.expression(),
-                      "versions": _versions()}
-        if cfg.tolerance:
-            e = np.concatenate([np.load(f)[0] for f in errs])
-            used = np.concatenate([np.load(f)[1] for f in errs]).astype(int)
-            provenance["reference_error"] = {
-                "tolerance": cfg.tolerance, "estimate": "step doubling at the last saved step, relative L2",
-                "worst": float(np.max(e)), "worst_trajectory": int(np.argmax(e)),
-                "per_trajectory": [float(x) for x in e], "substeps": [int(x) for x in used]}
-        meta = {
-            "dataset_name": cfg.pde, "fields": pde.fields, "parameters": pde.parameters,
-            "n_trajectories": cfg.n_trajectories, "time": cfg.dt * np.arange(cfg.steps + 1),
-            "x": grid.x, "y": grid.y, "boundary": cfg.grid,
-            "provenance": provenance,
-        }
-        _write_isolated(out, files, meta, cfg.compression)
+        partial.finish(provenance)
     except OSError as exc:
+        partial.close()
         raise DatagenError(
             f"writing {out} failed: {exc.strerror or exc}; nothing was written under that name "
             "(free space if the disk is full, then rerun with --resume)"
         ) from None
-    except Exception as exc:
-        # a run that fails on its input (a blow-up, a bad scheduler) would fail again: its work
-        # folder must not block the corrected rerun; interruptions keep theirs for --resume
-        if not getattr(exc, "resumable", False):
-            shutil.rmtree(work, ignore_errors=True)
+    except BaseException as exc:
+        # a run that fails on its input (a blow-up, a bad scheduler) would fail again: its partial
+        # file must not block the corrected rerun; interruptions keep theirs for --resume
+        if isinstance(exc, Exception) and not getattr(exc, "resumable", False):
+            partial.discard()
+        else:
+            partial.close()
         raise
     finally:
         report(None)
-    shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -626,51 +602,6 @@ def _finished(config: GenerationConfig, out: Path) -> Path:
     return out
 
 
-def _writer_main(conn, out: Path, files: list[Path], meta: dict, compression: str) -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)  # libhdf5's own complaints are noise; the parent prints one line
-    try:
-        write_dataset(out, (np.load(f, mmap_mode="r") for f in files), meta=meta, compression=compression)
-        # the output is whole: its work is garbage even if the parent died meanwhile
-        work = {f.parent for f in files}
-        for w in work:
-            if w.name.endswith(".partial"):
-                shutil.rmtree(w, ignore_errors=True)
-        try:
-            conn.send(None)
-        except OSError:  # the parent is gone: nobody to tell
-            pass
-    except BaseException as exc:  # report, whatever it is; the parent decides
-        text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        m = re.search(r"error message = '([^']+)'", text)
-        conn.send(m.group(1) if m else text.splitlines()[0][:200])
-    conn.close()
-    os._exit(0)  # skip interpreter teardown, where a failed HDF5 file can crash
-
-
-def _write_isolated(out: Path, files: list[Path], meta: dict, compression: str) -> None:
-    """Write the HDF5 file in a child process.
-
-    When a write fails (disk full), libhdf5 keeps the file open and can crash the interpreter at
-    exit; a child process confines that, and the parent removes the temporary file.
-    """
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_writer_main, args=(send, out, files, meta, compression))
-    proc.start()
-    send.close()
-    try:
-        msg = recv.recv()
-    except EOFError:
-        msg = f"the writer process died (exit code {proc.exitcode})"
-    proc.join()
-    if msg is not None:
-        out.with_name(f".{out.name}.tmp").unlink(missing_ok=True)
-        raise OSError(msg)
-
-
 def _available_memory() -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -682,12 +613,13 @@ def _available_memory() -> int | None:
 
 
 def _check_memory(cfg: GenerationConfig, n_fields: int, grid: Grid, workers: int) -> None:
-    """Refuse before allocating when a batch cannot fit: each worker holds the float64 rollout of
-    its batch, its float32 copy and about ten frames of stepper temporaries."""
+    """Refuse before allocating when a batch cannot fit: each worker holds its batch's float32
+    frames (twice on the step-doubling reference path) and about ten float64 states of stepper
+    temporaries."""
     frame = n_fields * grid.n_cells
     try:
         batch = min(int(cfg.batch_size), int(cfg.n_trajectories))
-        need = workers * batch * frame * ((int(cfg.steps) + 1) * 12 + 10 * 8)
+        need = workers * batch * frame * ((int(cfg.steps) + 1) * 8 + 10 * 8)
     except (TypeError, ValueError):
         return  # malformed counts: resolve() reports them
     avail = _available_memory()
@@ -699,17 +631,17 @@ def _check_memory(cfg: GenerationConfig, n_fields: int, grid: Grid, workers: int
 
 
 def _check_space(out: Path, dataset_bytes: int) -> None:
-    """Refuse before any work when the disk cannot hold the work files and the final file."""
+    """Refuse before any work when the disk cannot hold the file (with room for its metadata)."""
     folder = out.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
         raise DatagenError(f"cannot write to {out.parent}: {folder} is not a folder")
-    need, free = 2 * dataset_bytes, shutil.disk_usage(folder).free
+    need, free = int(1.1 * dataset_bytes) + 2 ** 20, shutil.disk_usage(folder).free
     if need > free:
         raise DatagenError(
             f"not enough disk space in {folder}: the dataset needs about {need / 1e9:.3g} GB "
-            f"(work files and final file) but {free / 1e9:.3g} GB are free; free space or use fewer trajectories"
+            f"but {free / 1e9:.3g} GB are free; free space or use fewer trajectories"
         )
 
 

@@ -95,20 +95,30 @@ class _Stepper:
     def _substep(self, u: np.ndarray) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
-    def rollout(self, u0: np.ndarray, n_steps: int) -> np.ndarray:
-        """``(..., n_steps + 1, field, x, y)``: ``u0`` and ``n_steps`` saved steps after it."""
-        return rollout(self.step, u0, n_steps)
+    def rollout(self, u0: np.ndarray, n_steps: int, out: np.ndarray | None = None) -> np.ndarray:
+        """``(..., n_steps + 1, field, x, y)``: ``u0`` and ``n_steps`` saved steps after it, in
+        ``out`` when given (any float dtype: frames are stored as they are made)."""
+        return rollout(self.step, u0, n_steps, out)[0]
 
 
-def rollout(step, u0: np.ndarray, n_steps: int) -> np.ndarray:
-    """Apply ``step`` ``n_steps`` times; the time axis is inserted before the field axis."""
-    out = np.empty(u0.shape[:-3] + (n_steps + 1,) + u0.shape[-3:], dtype=u0.dtype)
+def rollout(step, u0: np.ndarray, n_steps: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``step`` ``n_steps`` times; the time axis is inserted before the field axis.
+
+    Returns ``(frames, last state)``: frames go into ``out`` (allocated like ``u0`` when None),
+    so a float32 ``out`` stores a float64 solve without a float64 copy of the whole rollout;
+    the last state keeps the working precision.
+    """
+    shape = u0.shape[:-3] + (n_steps + 1,) + u0.shape[-3:]
+    if out is None:
+        out = np.empty(shape, dtype=u0.dtype)
+    elif out.shape != shape:
+        raise DatagenError(f"rollout buffer of shape {out.shape} does not fit {shape}")
     out[..., 0, :, :, :] = u0
     u = u0
     for n in range(1, n_steps + 1):
         u = step(u)
         out[..., n, :, :, :] = u
-    return out
+    return out, u
 
 
 class _Explicit(_Stepper):
@@ -200,8 +210,19 @@ class ETDRK4(_Stepper):
         v = np.fft.irfft2(vh, s=self.shape)
         return np.fft.rfft2(self.sd.evaluate(v, part="nonlinear"))
 
-    def _substep(self, u: np.ndarray) -> np.ndarray:
+    def step(self, u: np.ndarray) -> np.ndarray:
+        """One saved step; the substeps stay in Fourier space (two transforms fewer each)."""
         vh = np.fft.rfft2(u)
+        for _ in range(self.substeps):
+            vh = self._substep_hat(vh)
+        return np.fft.irfft2(vh, s=self.shape)
+
+    __call__ = step
+
+    def _substep(self, u: np.ndarray) -> np.ndarray:
+        return np.fft.irfft2(self._substep_hat(np.fft.rfft2(u)), s=self.shape)
+
+    def _substep_hat(self, vh: np.ndarray) -> np.ndarray:
         Nv = self._N(vh)
         a = self.E2 * vh + self.Q * Nv
         Na = self._N(a)
@@ -209,8 +230,16 @@ class ETDRK4(_Stepper):
         Nb = self._N(b)
         c = self.E2 * a + self.Q * (2 * Nb - Nv)
         Nc = self._N(c)
-        vh = self.E * vh + Nv * self.f1 + 2 * (Na + Nb) * self.f2 + Nc * self.f3
-        return np.fft.irfft2(vh, s=self.shape)
+        # in place: the stage sums need no temporaries of their own
+        Na += Nb
+        Na *= 2 * self.f2
+        Nv *= self.f1
+        Nc *= self.f3
+        out = self.E * vh
+        out += Nv
+        out += Na
+        out += Nc
+        return out
 
 
 class ScipyIVP(_Stepper):
@@ -233,8 +262,9 @@ class ScipyIVP(_Stepper):
         """One saved step (one ``solve_ivp`` call per trajectory)."""
         return self.rollout(u, 1)[..., -1, :, :, :]
 
-    def rollout(self, u0: np.ndarray, n_steps: int) -> np.ndarray:
-        """Integrate each trajectory over ``n_steps * dt`` and sample at the saved times."""
+    def rollout(self, u0: np.ndarray, n_steps: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Integrate each trajectory over ``n_steps * dt`` and sample at the saved times (into
+        ``out`` when given)."""
         from scipy.integrate import solve_ivp
 
         batch_shape = u0.shape[:-3]
@@ -255,7 +285,11 @@ class ScipyIVP(_Stepper):
             if not sol.success:
                 raise DatagenError(f"solve_ivp ({self.method}) failed: {sol.message}")
             outs.append(sol.y.T.reshape((n_steps + 1,) + state_shape))
-        return np.stack(outs).reshape(batch_shape + (n_steps + 1,) + state_shape).astype(u0.dtype)
+        res = np.stack(outs).reshape(batch_shape + (n_steps + 1,) + state_shape)
+        if out is None:
+            return res.astype(u0.dtype)
+        out[...] = res
+        return out
 
 
 INTEGRATORS = ("euler", "rk4", "etdrk4", "bdf", "radau", "rk45")

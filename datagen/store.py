@@ -33,8 +33,9 @@ import numpy as np
 
 from .errors import DatagenError
 
-__all__ = ["write_dataset", "read_provenance", "open_dataset", "validate", "ValidationReport", "FORMAT_VERSION",
-           "dataset_file", "dataset_files", "split_path", "write_stats", "read_stats", "compute_stats"]
+__all__ = ["write_dataset", "create_layout", "write_frames", "read_provenance", "open_dataset", "validate",
+           "ValidationReport", "FORMAT_VERSION", "dataset_file", "dataset_files", "split_path", "write_stats",
+           "read_stats", "compute_stats"]
 
 FORMAT_VERSION = 1
 COMPRESSIONS = ("none", "gzip", "lzf")
@@ -58,89 +59,109 @@ def write_dataset(path: str | os.PathLike, batches: Iterable[np.ndarray], *, met
         compression: ``"none"`` (default), ``"gzip"`` or ``"lzf"``.
     """
     h5py = _h5()
-    if compression not in COMPRESSIONS:
-        raise DatagenError(f"unknown compression {compression!r}; choose one of {COMPRESSIONS}")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    fields, params = list(meta["fields"]), dict(meta["parameters"])
-    n_traj, T = int(meta["n_trajectories"]), len(meta["time"])
-    nx, ny = len(meta["x"]), len(meta["y"])
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs["dataset_name"] = meta["dataset_name"]
-            f.attrs["grid_type"] = "cartesian"
-            f.attrs["n_spatial_dims"] = 2
-            f.attrs["n_trajectories"] = n_traj
-            f.attrs["simulation_parameters"] = list(params)
-            for k, v in params.items():
-                f.attrs[k] = float(v)
-            f.attrs["datagen_format"] = FORMAT_VERSION
-            f.attrs["provenance"] = json.dumps(meta["provenance"], sort_keys=True)
-
-            dims = f.create_group("dimensions")
-            dims.attrs["spatial_dims"] = ["x", "y"]
-            t = dims.create_dataset("time", data=np.asarray(meta["time"], np.float32))
-            t.attrs["sample_varying"] = False
-            for name in ("x", "y"):
-                d = dims.create_dataset(name, data=np.asarray(meta[name], np.float32))
-                d.attrs["sample_varying"] = False
-                d.attrs["time_varying"] = False
-
-            bcs = f.create_group("boundary_conditions")
-            grid = meta["boundary"]
-            kind = grid["boundary"]
-            bv = grid.get("boundary_value", 0.0)
-            for name, n in (("x", nx), ("y", ny)):
-                g = bcs.create_group(f"{name}_{kind}")
-                g.attrs["associated_dims"] = [name]
-                g.attrs["associated_fields"] = [] if kind == "periodic" else fields
-                g.attrs["bc_type"] = "periodic" if kind == "periodic" else "wall"
-                g.attrs["condition"] = kind
-                g.attrs["sample_varying"] = False
-                g.attrs["time_varying"] = False
-                mask = np.zeros(n, bool)
-                mask[[0, -1]] = True
-                g.create_dataset("mask", data=mask)
-                wall = float(bv[0]) if isinstance(bv, list) else float(bv)
-                g.create_dataset("values", data=np.full(2, wall if kind == "dirichlet" else 0.0, np.float32))
-
-            sc = f.create_group("scalars")
-            sc.attrs["field_names"] = list(params)
-            for k, v in params.items():
-                d = sc.create_dataset(k, data=np.float32(v))
-                d.attrs["sample_varying"] = False
-                d.attrs["time_varying"] = False
-
-            t0 = f.create_group("t0_fields")
-            t0.attrs["field_names"] = fields
-            kw = {} if compression == "none" else {"compression": compression}
-            dsets = []
-            for name in fields:
-                # fletcher32: a flipped bit is a read error, not a silently wrong value
-                d = t0.create_dataset(name, shape=(n_traj, T, nx, ny), dtype=np.float32,
-                                      chunks=(1, 1, nx, ny), fletcher32=True, **kw)
-                d.attrs["dim_varying"] = [True, True]
-                d.attrs["sample_varying"] = True
-                d.attrs["time_varying"] = True
-                dsets.append(d)
-            for name in ("t1_fields", "t2_fields"):
-                f.create_group(name).attrs["field_names"] = []
-
+            dsets = create_layout(f, meta, compression)
+            n_traj = int(meta["n_trajectories"])
             start = 0
             for batch in batches:
                 b = batch.shape[0]
-                if start + b > n_traj or batch.shape[1:] != (T, len(fields), nx, ny):
+                if start + b > n_traj:
                     raise DatagenError(f"batch of shape {batch.shape} does not fit the dataset layout")
-                for k, d in enumerate(dsets):
-                    d[start:start + b] = batch[:, :, k].astype(np.float32, copy=False)
+                write_frames(dsets, start, batch)
                 start += b
             if start != n_traj:
                 raise DatagenError(f"only {start} of {n_traj} trajectories were provided")
+            f.attrs["provenance"] = json.dumps(meta["provenance"], sort_keys=True)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def create_layout(f, meta: dict[str, Any], compression: str = "none", preallocate: bool = False) -> list:
+    """Everything of a dataset but its frames and provenance, in the open file ``f``; returns
+    the field datasets ``(n_traj, T, nx, ny)``. With ``preallocate`` (uncompressed only) every
+    chunk is allocated now, so that frames can be written in any order into fixed places."""
+    h5py = _h5()
+    if compression not in COMPRESSIONS:
+        raise DatagenError(f"unknown compression {compression!r}; choose one of {COMPRESSIONS}")
+    fields, params = list(meta["fields"]), dict(meta["parameters"])
+    n_traj, T = int(meta["n_trajectories"]), len(meta["time"])
+    nx, ny = len(meta["x"]), len(meta["y"])
+    f.attrs["dataset_name"] = meta["dataset_name"]
+    f.attrs["grid_type"] = "cartesian"
+    f.attrs["n_spatial_dims"] = 2
+    f.attrs["n_trajectories"] = n_traj
+    f.attrs["simulation_parameters"] = list(params)
+    for k, v in params.items():
+        f.attrs[k] = float(v)
+    f.attrs["datagen_format"] = FORMAT_VERSION
+
+    dims = f.create_group("dimensions")
+    dims.attrs["spatial_dims"] = ["x", "y"]
+    t = dims.create_dataset("time", data=np.asarray(meta["time"], np.float32))
+    t.attrs["sample_varying"] = False
+    for name in ("x", "y"):
+        d = dims.create_dataset(name, data=np.asarray(meta[name], np.float32))
+        d.attrs["sample_varying"] = False
+        d.attrs["time_varying"] = False
+
+    bcs = f.create_group("boundary_conditions")
+    grid = meta["boundary"]
+    kind = grid["boundary"]
+    bv = grid.get("boundary_value", 0.0)
+    for name, n in (("x", nx), ("y", ny)):
+        g = bcs.create_group(f"{name}_{kind}")
+        g.attrs["associated_dims"] = [name]
+        g.attrs["associated_fields"] = [] if kind == "periodic" else fields
+        g.attrs["bc_type"] = "periodic" if kind == "periodic" else "wall"
+        g.attrs["condition"] = kind
+        g.attrs["sample_varying"] = False
+        g.attrs["time_varying"] = False
+        mask = np.zeros(n, bool)
+        mask[[0, -1]] = True
+        g.create_dataset("mask", data=mask)
+        wall = float(bv[0]) if isinstance(bv, list) else float(bv)
+        g.create_dataset("values", data=np.full(2, wall if kind == "dirichlet" else 0.0, np.float32))
+
+    sc = f.create_group("scalars")
+    sc.attrs["field_names"] = list(params)
+    for k, v in params.items():
+        d = sc.create_dataset(k, data=np.float32(v))
+        d.attrs["sample_varying"] = False
+        d.attrs["time_varying"] = False
+
+    t0 = f.create_group("t0_fields")
+    t0.attrs["field_names"] = fields
+    kw: dict[str, Any] = {} if compression == "none" else {"compression": compression}
+    if preallocate and compression == "none":
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        kw["dcpl"] = dcpl
+    dsets = []
+    for name in fields:
+        # fletcher32: a flipped bit is a read error, not a silently wrong value
+        d = t0.create_dataset(name, shape=(n_traj, T, nx, ny), dtype=np.float32,
+                              chunks=(1, 1, nx, ny), fletcher32=True, **kw)
+        d.attrs["dim_varying"] = [True, True]
+        d.attrs["sample_varying"] = True
+        d.attrs["time_varying"] = True
+        dsets.append(d)
+    for name in ("t1_fields", "t2_fields"):
+        f.create_group(name).attrs["field_names"] = []
+    return dsets
+
+
+def write_frames(dsets: list, start: int, batch: np.ndarray) -> None:
+    """Trajectories ``start..start+b-1`` of ``batch (b, T, field, nx, ny)`` into the field datasets."""
+    if batch.shape[2] != len(dsets) or batch.shape[1:2] + batch.shape[3:] != dsets[0].shape[1:]:
+        raise DatagenError(f"batch of shape {batch.shape} does not fit the dataset layout")
+    for k, d in enumerate(dsets):
+        d[start:start + batch.shape[0]] = batch[:, :, k].astype(np.float32, copy=False)
 
 
 # -- The Well's folder layout ----------------------------------------------------------------

@@ -248,3 +248,38 @@ def test_etdrk4_converges_to_the_same_semi_discrete_flow_as_rk4(name, method, ac
     errs = [rel_l2(ETDRK4(sd, dt, s).rollout(u0, 5)[:, -1], ref) for s in (4, 8)]
     # fourth order, unless already exact in time (a linear problem) to the reference's accuracy
     assert errs[1] < 1e-6 and (errs[0] / errs[1] > 8 or errs[0] < 1e-7), errs
+
+
+NUMBA_PROBE = """
+import sys, numpy as np
+from datagen import SemiDiscrete, Grid, catalogue
+sd = SemiDiscrete(catalogue.fisher(), Grid((12, 10)), accuracy=2, backend="numba")
+u = np.random.default_rng(0).random((2, 1, 12, 10))
+ref = SemiDiscrete(catalogue.fisher(), Grid((12, 10)), accuracy=2).euler_update(u, 1e-3)
+assert np.abs(sd.euler_update(u, 1e-3) - ref).max() <= 1e-15
+print(sum(f.name.startswith("datagen_kernel") for f in __import__("pathlib").Path(sys.argv[1]).rglob("*.nbi")))
+"""
+
+
+def test_numba_kernels_are_cached_between_processes_and_work_without_a_cache(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("numba")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "DATAGEN_CACHE_DIR": str(cache)}
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-c", NUMBA_PROBE, str(cache)], env=env, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.strip() == "2"  # kernel and ghost-cell fill: the second process loaded them
+    index = next(cache.rglob("*.nbi"))
+    stamp = index.stat().st_mtime_ns
+    subprocess.run([sys.executable, "-c", NUMBA_PROBE, str(cache)], env=env, check=True, capture_output=True)
+    assert index.stat().st_mtime_ns == stamp  # not recompiled
+    # an unwritable cache folder: compiled in the process, same numbers
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    env["DATAGEN_CACHE_DIR"] = str(blocked)
+    p = subprocess.run([sys.executable, "-c", NUMBA_PROBE, str(tmp_path)], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr

@@ -79,9 +79,12 @@ def test_existing_output_and_leftover_work_need_flags(tmp_path):
     before = digest(out)
     generate(GenerationConfig(**SMALL), out, overwrite=True)
     assert digest(out) == before
-    (tmp_path / ".x.h5.partial").mkdir()
+    (tmp_path / ".x.h5.tmp").write_bytes(b"left by a run killed while it made its layout")
     with pytest.raises(DatagenError, match="--resume"):
         generate(GenerationConfig(**SMALL), tmp_path / "x.h5")
+    # a file under construction that cannot be read is discarded, and the run starts afresh
+    assert digest(generate(GenerationConfig(**SMALL), tmp_path / "x.h5", resume=True)) == before
+    assert not (tmp_path / ".x.h5.tmp").exists()
 
 
 def test_validator_physics_checks(tmp_path):
@@ -205,13 +208,17 @@ def test_resume_recomputes_a_truncated_work_file(tmp_path):
     out = tmp_path / "cut.h5"
     with pytest.raises(KeyboardInterrupt):
         datagen.generate(cfg, out, progress=stop_after_two)
-    work = tmp_path / ".cut.h5.partial"
-    batches = sorted(work.glob("batch_??????.npy"))
-    assert len(batches) == 2
-    data = batches[0].read_bytes()
-    batches[0].write_bytes(data[: len(data) // 2])  # as after a crash or a full disk
+    partial = tmp_path / ".cut.h5.tmp"
+    with h5py.File(partial, "r") as f:
+        assert f.attrs["datagen_batches_done"].tolist() == [1, 1, 0, 0]  # the record lists whole batches
+    saved = partial.read_bytes()
     datagen.generate(cfg, out, resume=True)
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert digest(out) == digest(whole) and not partial.exists()
+    # as after a crash in the middle of a write: a truncated file is discarded and redone
+    out.unlink()
+    partial.write_bytes(saved[: len(saved) // 2])
+    datagen.generate(cfg, out, resume=True)
     assert digest(out) == digest(whole)
 
 
@@ -298,18 +305,44 @@ def test_validate_flags_initial_data_away_from_the_walls(tmp_path):
     assert any("Dirichlet wall values" in w for w in validate(path).warnings)
 
 
-def test_the_writer_removes_the_work_folder_itself(tmp_path):
-    """So a writer that finishes after its parent died leaves no work behind."""
-    from datagen.generate import _write_isolated
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_batches_arriving_in_any_order_give_the_same_bytes(tmp_path, compression):
+    """Workers finish in any order; an interrupted run resumes in another session."""
+    from datagen.writer import PartialFile
 
     grid = Grid((8, 8))
-    work = tmp_path / ".x.h5.partial"
-    work.mkdir()
-    np.save(work / "batch_000000.npy", np.zeros((2, 3, 1, 8, 8), np.float32))
-    meta = {"dataset_name": "fisher", "fields": ["u"], "parameters": {"a": 0.01, "r": 1.0}, "n_trajectories": 2,
-            "time": np.arange(3) * 0.1, "x": grid.x, "y": grid.y, "boundary": grid.to_dict(), "provenance": {}}
-    _write_isolated(tmp_path / "x.h5", [work / "batch_000000.npy"], meta, "none")
-    assert (tmp_path / "x.h5").exists() and not work.exists()
+    rng = np.random.default_rng(0)
+    frames = rng.standard_normal((6, 3, 1, 8, 8)).astype(np.float32)
+    bounds = [(0, 2), (2, 4), (4, 6)]
+    meta = {"dataset_name": "fisher", "fields": ["u"], "parameters": {"a": 0.01, "r": 1.0}, "n_trajectories": 6,
+            "time": np.arange(3) * 0.1, "x": grid.x, "y": grid.y, "boundary": grid.to_dict()}
+
+    def run(out, orders):
+        for order in orders:  # one session per list: closed and reopened in between
+            p = PartialFile(out, meta, "{}", bounds, compression)
+            todo = p.open(resume=True, overwrite=False)
+            # a compressed batch that arrived before its predecessors was never written: redone
+            for k in [k for k in order if k in todo] + [k for k in todo if k not in order] * (order is orders[-1]):
+                a, b = bounds[k]
+                p.write(k, frames[a:b], np.full(b - a, 1e-9 * k), np.full(b - a, 2))
+            if order is orders[-1]:
+                est, used = p.finish(lambda e, u: {"estimates": e.tolist(), "substeps": u.tolist()})
+                assert est.tolist() == [0, 0, 1e-9, 1e-9, 2e-9, 2e-9] and used.tolist() == [2] * 6
+            else:
+                p.close()
+        return hashlib.sha256(out.read_bytes()).hexdigest()
+
+    ref = run(tmp_path / "a.h5", [[0, 1, 2]])
+    assert run(tmp_path / "b.h5", [[2, 0, 1]]) == ref
+    assert run(tmp_path / "c.h5", [[1], [2, 0]]) == ref
+    np.testing.assert_array_equal(open_dataset_frames(tmp_path / "c.h5"), frames[:, :, 0])
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def open_dataset_frames(path):
+    with h5py.File(path, "r") as f:
+        assert "_datagen_partial" not in f and "datagen_batches_done" not in f.attrs
+        return f["t0_fields"]["u"][...]
 
 
 @pytest.mark.parametrize("edit", ["del_field", "no_config", "del_time"])

@@ -180,6 +180,7 @@ class IsolatedWriter:
         self._proc.start()
         child.close()
         self.tmp = out.with_name(f".{out.name}.tmp")
+        self._bounds = bounds
 
     def _call(self, *msg: Any, data: tuple[np.ndarray, ...] = (), wait: bool = True) -> Any:
         """Send a request; with ``wait=False`` its reply is collected before the next request, so
@@ -215,7 +216,11 @@ class IsolatedWriter:
         raise OSError(f"the writer process died (exit code {self._proc.exitcode})")
 
     def open(self, resume: bool, overwrite: bool) -> list[int]:
-        """As :meth:`PartialFile.open`."""
+        """As :meth:`PartialFile.open`. A fresh file is made while the first batch is solved (a
+        failure, such as a full disk, is reported at the first write)."""
+        if not self.tmp.exists():
+            self._call("open", resume, overwrite, wait=False)
+            return list(range(len(self._bounds)))
         return self._call("open", resume, overwrite)
 
     def write(self, k: int, frames: np.ndarray, est: np.ndarray, used: np.ndarray) -> None:

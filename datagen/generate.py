@@ -615,11 +615,12 @@ def _available_memory() -> int | None:
 def _check_memory(cfg: GenerationConfig, n_fields: int, grid: Grid, workers: int) -> None:
     """Refuse before allocating when a batch cannot fit: each worker holds its batch's float32
     frames (twice on the step-doubling reference path) and about ten float64 states of stepper
-    temporaries."""
+    temporaries, and the writer shares two batches of frames with this process."""
     frame = n_fields * grid.n_cells
     try:
         batch = min(int(cfg.batch_size), int(cfg.n_trajectories))
-        need = workers * batch * frame * ((int(cfg.steps) + 1) * 8 + 10 * 8)
+        need = (workers * batch * frame * ((int(cfg.steps) + 1) * 8 + 10 * 8)
+                + 2 * batch * frame * (int(cfg.steps) + 1) * 4)
     except (TypeError, ValueError):
         return  # malformed counts: resolve() reports them
     avail = _available_memory()

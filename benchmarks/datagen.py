@@ -8,12 +8,15 @@ integrator and accuracy. py-pde (a benchmark-only dependency) solves the identic
 five-point scheme with a reused compiled stepper. Then a whole 256-trajectory 100^2 dataset is
 written to HDF5 by each tool, each in a fresh process so that compile time counts.
 
-    python benchmarks/datagen.py [--quick] [--end-to-end]
+    python benchmarks/datagen.py [--quick] [--end-to-end] [--exponax]
 
 ``--end-to-end`` runs only the pipeline comparison: ``datagen generate`` (forward Euler x3,
 FD2, float64 solve, float32 HDF5) against a plain numpy script solving all trajectories at
 once with ``np.roll`` and writing with h5py, same initial conditions, data compared value by
-value, and the fraction of the memory-bandwidth bound each reaches.
+value, and the fraction of the memory-bandwidth bound each reaches. ``--exponax`` runs only
+the spectral reference (ETDRK4, one substep, float64) against exponax's ``FisherKPP(order=4)``
+under ``jit(vmap(rollout))`` on the same 256 initial states, both scored against a converged
+reference (needs the ``bench`` extra: jax and exponax).
 
 Prints a table and writes benchmarks/results/datagen.json.
 """
@@ -280,15 +283,69 @@ def bench_end_to_end(n_traj: int, tmp: str) -> list[dict]:
     return rows
 
 
+def bench_exponax(n_traj: int = 256) -> list[dict]:
+    """datagen's spectral ETDRK4 against exponax's, same states, same error."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import exponax as ex
+    import jax.numpy as jnp
+
+    n, dt = 100, 0.24 * (1 / 100) ** 2 / A
+    u0 = initial(n, n_traj)
+    sd = SemiDiscrete(catalogue.fisher(a=A), Grid((n, n)), method="spectral")
+    ref = ETDRK4(sd, dt, 4).rollout(u0, STEPS)[:, -1]
+
+    def errors(last):
+        e = np.linalg.norm((last - ref).reshape(n_traj, -1), axis=1) / np.linalg.norm(ref.reshape(n_traj, -1), axis=1)
+        return float(np.median(e)), float(e.max())
+
+    rows = []
+    st = ETDRK4(sd, dt, 1)
+    for batch in (32, n_traj):
+        def ours():
+            return np.concatenate([st.rollout(u0[k:k + batch], STEPS)[:, -1] for k in range(0, n_traj, batch)])
+        t = median_time(ours, repeats=3)
+        rows.append({"case": f"datagen ETDRK4 x1, batches of {batch}", "seconds": t,
+                     **dict(zip(("median_error", "max_error"), errors(ours())))})
+    stepper = ex.stepper.reaction.FisherKPP(2, 1.0, n, dt, diffusivity=A, reactivity=1.0, order=4,
+                                            dealiasing_fraction=1.0)  # datagen does not dealias either
+    roll = jax.jit(jax.vmap(ex.rollout(stepper, STEPS, include_init=False)))
+    for batch in (32, n_traj):
+        chunks = [jnp.asarray(u0[k:k + batch]) for k in range(0, n_traj, batch)]
+        t0 = time.perf_counter()
+        roll(chunks[0]).block_until_ready()
+        compile_s = time.perf_counter() - t0
+
+        def theirs():
+            return np.concatenate([np.asarray(roll(c).block_until_ready())[:, -1] for c in chunks])
+        t = median_time(theirs, repeats=3)
+        rows.append({"case": f"exponax FisherKPP order 4, jit(vmap), batches of {batch}", "seconds": t,
+                     "compile_seconds": compile_s, **dict(zip(("median_error", "max_error"), errors(theirs())))})
+    for r in rows:
+        print(f"  {r['case']:<52} {r['seconds']:6.2f} s  error median {r['median_error']:.2e} max "
+              f"{r['max_error']:.2e}", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100^2 only, fewer cases, 64-trajectory dataset")
     ap.add_argument("--end-to-end", action="store_true", help="only the pipeline against the plain numpy script")
+    ap.add_argument("--exponax", action="store_true", help="only the spectral reference against exponax (needs jax)")
     args = ap.parse_args()
     import tempfile
 
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, python {info['python']}, numpy {info['numpy']}")
+    if args.exponax:
+        rows = bench_exponax()
+        print()
+        print(table(rows, [("case", "256 paper-family states, 40 steps, 100^2, float64", "s"),
+                           ("seconds", "wall s (median of 3)", ".2f"), ("median_error", "median rel. err", ".2e"),
+                           ("max_error", "max rel. err", ".2e")]))
+        print(f"\nwrote {write_json('datagen_exponax', {'machine': info, 'rows': rows})}")
+        return
     if args.end_to_end:
         with tempfile.TemporaryDirectory() as tmp:
             e2e = bench_end_to_end(256, tmp)

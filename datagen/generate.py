@@ -437,12 +437,14 @@ def solve(config: GenerationConfig | Mapping[str, Any], u0: np.ndarray, steps: i
 
 
 def _versions() -> dict[str, str]:
+    import ducc0
     import h5py
     import scipy
 
     from . import __version__
 
-    return {"datagen": __version__, "numpy": np.__version__, "scipy": scipy.__version__, "h5py": h5py.__version__}
+    return {"datagen": __version__, "numpy": np.__version__, "scipy": scipy.__version__, "h5py": h5py.__version__,
+            "ducc0": ducc0.__version__}
 
 
 def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int = 1, scheduler: str | None = None,

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from .errors import DatagenError
-from .semidiscrete import SemiDiscrete
+from .semidiscrete import SemiDiscrete, irfft2, rfft2
 
 __all__ = ["Euler", "RK4", "ETDRK4", "ScipyIVP", "INTEGRATORS", "make_integrator", "max_stable_step", "reaction_rate",
            "rollout"]
@@ -207,20 +207,20 @@ class ETDRK4(_Stepper):
         self.shape = sd.grid.shape
 
     def _N(self, vh: np.ndarray) -> np.ndarray:
-        v = np.fft.irfft2(vh, s=self.shape)
-        return np.fft.rfft2(self.sd.evaluate(v, part="nonlinear"))
+        v = irfft2(vh, s=self.shape)
+        return rfft2(self.sd.evaluate(v, part="nonlinear"))
 
     def step(self, u: np.ndarray) -> np.ndarray:
         """One saved step; the substeps stay in Fourier space (two transforms fewer each)."""
-        vh = np.fft.rfft2(u)
+        vh = rfft2(u)
         for _ in range(self.substeps):
             vh = self._substep_hat(vh)
-        return np.fft.irfft2(vh, s=self.shape)
+        return irfft2(vh, s=self.shape)
 
     __call__ = step
 
     def _substep(self, u: np.ndarray) -> np.ndarray:
-        return np.fft.irfft2(self._substep_hat(np.fft.rfft2(u)), s=self.shape)
+        return irfft2(self._substep_hat(rfft2(u)), s=self.shape)
 
     def _substep_hat(self, vh: np.ndarray) -> np.ndarray:
         Nv = self._N(vh)

@@ -8,8 +8,10 @@ grids), and the polynomial terms are then products of those arrays.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
+import ducc0
 import numpy as np
 import scipy.sparse as sp
 
@@ -19,6 +21,22 @@ from .pde import PDE, Derivative, Term
 from .stencils import apply_1d, matrix_1d, stencil_radius, stencil_symbol
 
 __all__ = ["SemiDiscrete", "METHODS", "BACKENDS"]
+
+
+def rfft2(a: np.ndarray) -> np.ndarray:
+    """Real 2-D FFT over the last two axes, by ducc0 (the successor of the pocketfft that numpy
+    and scipy ship): twice as fast as scipy's and three times numpy's on batches of 100^2
+    fields on these machines."""
+    return ducc0.fft.r2c(np.asarray(a, dtype=np.float64), axes=(-2, -1), nthreads=FFT_WORKERS)
+
+
+def irfft2(a: np.ndarray, s: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`rfft2` to shape ``s`` (normalised as ``numpy.fft.irfft2``)."""
+    return ducc0.fft.c2r(a, axes=(-2, -1), lastsize=int(s[-1]), forward=False, inorm=2, nthreads=FFT_WORKERS)
+
+
+FFT_WORKERS = min(2, os.cpu_count() or 1)
+
 
 METHODS = ("fd", "spectral")
 BACKENDS = ("numpy", "numba")
@@ -147,13 +165,13 @@ class SemiDiscrete:
         if self.method == "spectral":
             if all(d.total_order == 0 for d in derivs):
                 return {d: u[..., fi[d.field], :, :] for d in derivs}
-            uh = np.fft.rfft2(u)
+            uh = rfft2(u)
             for d in derivs:
                 c = fi[d.field]
                 if d.total_order == 0:
                     out[d] = u[..., c, :, :]
                 else:
-                    out[d] = np.fft.irfft2(uh[..., c, :, :] * self.multiplier(d.order), s=self.grid.shape)
+                    out[d] = irfft2(uh[..., c, :, :] * self.multiplier(d.order), s=self.grid.shape)
             return out
         R = self.radius if any(d.total_order for d in derivs) else 0
         padded = self.grid.pad(u, R) if R else u

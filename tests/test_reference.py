@@ -61,7 +61,7 @@ def test_sixteen_trajectories_of_the_paper_family_are_within_the_tolerance(tmp_p
 def test_a_coarse_solution_that_blows_up_is_refined_not_accepted():
     import json
 
-    from datagen.generate import _stepper, solve_batch
+    from datagen.solver import _stepper, solve_batch
 
     # steepening Burgers: one ETDRK4 substep per saved step blows up, two do not
     cfg = GenerationConfig(pde="burgers", params={"nu": 0.005}, grid={"shape": [64, 64]}, dt=0.03, steps=50,

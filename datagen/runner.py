@@ -1,0 +1,111 @@
+"""Where batches are solved: in this process, in local worker processes that die with their
+parent, or on a Dask cluster; and the progress report."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+from .errors import DatagenError
+from .solver import solve_batch
+
+__all__ = ["run_batches", "progress_reporter"]
+
+
+def progress_reporter(progress, total: int, label: str = "generate"):
+    if callable(progress):
+        done = [0]
+
+        def cb(n):
+            if n is not None:
+                done[0] += n
+                progress(done[0], total)
+        return cb
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="traj", desc=label)
+
+        def tq(n):
+            if n is None:
+                bar.close()
+            else:
+                bar.update(n)
+        return tq
+    return lambda n: None
+
+
+def run_batches(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], workers: int, scheduler: str | None):
+    """Yield ``(key, batch)`` as batches finish, keeping at most 2 x workers in flight."""
+    if scheduler:
+        try:
+            from distributed import Client, as_completed
+        except ImportError:
+            raise DatagenError("--scheduler needs the dask extra: pip install 'pdesurrogate[dask]'") from None
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            raise DatagenError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+        try:
+            futs = {client.submit(solve_batch, cfg_json, a, b, True, pure=False): k for k, (a, b) in zip(keys, bounds)}
+            for fut in as_completed(futs):
+                try:
+                    result = fut.result()
+                except (OSError, TimeoutError) as exc:  # the scheduler or a worker went away
+                    err = DatagenError(f"lost the Dask scheduler at {scheduler} ({type(exc).__name__}: {exc}); the "
+                                       "finished batches are kept: rerun with --resume")
+                    err.resumable = True
+                    raise err from None
+                yield futs[fut], result
+                fut.release()
+        finally:
+            try:
+                client.close()
+            except (OSError, TimeoutError):
+                pass
+        return
+    if workers == 1:
+        for k, (a, b) in zip(keys, bounds):
+            yield k, solve_batch(cfg_json, a, b, True)
+        return
+    import multiprocessing as mp
+
+    # fork where available: spawn re-imports __main__, which fails for notebooks and stdin scripts
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as ex:
+        pending: dict = {}
+        queue = list(zip(keys, bounds))
+        while queue or pending:
+            while queue and len(pending) < 2 * workers:
+                k, (a, b) = queue.pop(0)
+                pending[ex.submit(solve_batch, cfg_json, a, b, True)] = k
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield pending.pop(fut), fut.result()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initialiser: exit when the parent process dies (a SIGKILLed parent would otherwise
+    leave its workers blocked on their queue forever)."""
+    import signal
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG: Linux delivers SIGTERM when the parent dies
+    except (OSError, AttributeError):  # pragma: no cover - not Linux: fall back to polling below
+        pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    import threading
+
+    def watch() -> None:  # other POSIX systems: poll for re-parenting
+        import time
+
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()

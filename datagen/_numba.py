@@ -71,19 +71,6 @@ def _source(sd, fused: bool) -> str:
     )
 
 
-_WRAP_SOURCE = """
-def wrap(U, P, R):
-    nx, ny = U.shape[2], U.shape[3]
-    for n in range(U.shape[0]):
-        for c in range(U.shape[1]):
-            for i in range(nx + 2 * R):
-                si = (i - R) % nx
-                P[n, c, i, R:R + ny] = U[n, c, si, :]
-                P[n, c, i, :R] = U[n, c, si, ny - R:]
-                P[n, c, i, R + ny:] = U[n, c, si, :R]
-"""
-
-
 def cache_dir() -> Path:
     """Where compiled kernels are kept between processes: ``$DATAGEN_CACHE_DIR``, else
     ``$XDG_CACHE_HOME/datagen`` (``~/.cache/datagen``)."""
@@ -94,9 +81,9 @@ def cache_dir() -> Path:
 
 
 def _cached_kernel(source: str):
-    """``(kernel, wrap)`` of ``source`` from a module file named by its hash, compiled with
-    numba's on-disk cache, so a fresh process loads them instead of compiling (about 2 s);
-    ``None`` when the cache folder cannot be written."""
+    """The kernel of ``source`` from a module file named by its hash, compiled with numba's
+    on-disk cache, so a fresh process loads it instead of compiling (about 2 s); ``None`` when
+    the cache folder cannot be written."""
     import importlib.util
 
     import numba
@@ -105,9 +92,7 @@ def _cached_kernel(source: str):
     name = f"datagen_kernel_{digest}"
     folder = cache_dir() / "numba"
     path = folder / f"{name}.py"
-    # the kernel and the periodic ghost-cell fill (one pass; np.pad takes several), both cached
-    text = ("import numba\n\n\n@numba.njit(cache=True, error_model='numpy')\n" + source
-            + "\n\n@numba.njit(cache=True)" + _WRAP_SOURCE)
+    text = "import numba\n\n\n@numba.njit(cache=True, error_model='numpy')\n" + source
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != text:
@@ -120,7 +105,7 @@ def _cached_kernel(source: str):
         spec.loader.exec_module(module)
     except OSError:
         return None
-    return module.kernel, module.wrap
+    return module.kernel
 
 
 def compile_rhs(sd, fused: bool) -> Callable[[np.ndarray, float], np.ndarray]:
@@ -131,22 +116,30 @@ def compile_rhs(sd, fused: bool) -> Callable[[np.ndarray, float], np.ndarray]:
         import numba
     except ImportError:
         raise DatagenError("backend 'numba' needs numba: pip install numba (or the [fast] extra)") from None
-    compiled = _cached_kernel(_source(sd, fused))
-    if compiled is None:  # no writable cache folder: compile in this process only
+    kernel = _cached_kernel(_source(sd, fused))
+    if kernel is None:  # no writable cache folder: compile in this process only
         ns: dict = {"numba": numba}
-        exec(compile(_source(sd, fused) + _WRAP_SOURCE, "<datagen-numba-kernel>", "exec"), ns)
-        compiled = (numba.njit(error_model="numpy")(ns["kernel"]), numba.njit(ns["wrap"]))
-    kernel, wrap = compiled
+        exec(compile(_source(sd, fused), "<datagen-numba-kernel>", "exec"), ns)
+        kernel = numba.njit(error_model="numpy")(ns["kernel"])
     R = max(sd.radius, 0)
-    if sd.grid.boundary != "periodic":
-        wrap = None
+    periodic = sd.grid.boundary == "periodic"
+    ghost: dict = {}  # the padded buffer, kept between calls of one shape (no fresh pages per substep)
 
     def f(U: np.ndarray, h: float = 1.0) -> np.ndarray:
         lead = U.shape[:-3]
         U4 = U.reshape((-1,) + U.shape[-3:])
-        if wrap is not None and R:
-            P = np.empty(U4.shape[:2] + (U4.shape[2] + 2 * R, U4.shape[3] + 2 * R), U4.dtype)
-            wrap(np.ascontiguousarray(U4), P, R)
+        if periodic and R:
+            nx, ny = U4.shape[-2:]
+            shape = U4.shape[:2] + (nx + 2 * R, ny + 2 * R)
+            P = ghost.get((shape, U4.dtype))
+            if P is None:
+                P = ghost[(shape, U4.dtype)] = np.empty(shape, U4.dtype)
+            # periodic ghost cells by five block copies
+            P[..., R:R + nx, R:R + ny] = U4
+            P[..., :R, R:R + ny] = U4[..., nx - R:, :]
+            P[..., R + nx:, R:R + ny] = U4[..., :R, :]
+            P[..., :R] = P[..., ny:ny + R]
+            P[..., R + ny:] = P[..., R:2 * R]
         else:
             P = np.ascontiguousarray(sd.grid.pad(U4, R)) if R else np.ascontiguousarray(U4)
         out = np.empty_like(U4)

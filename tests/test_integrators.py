@@ -272,7 +272,7 @@ def test_numba_kernels_are_cached_between_processes_and_work_without_a_cache(tmp
     for _ in range(2):
         p = subprocess.run([sys.executable, "-c", NUMBA_PROBE, str(cache)], env=env, capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
-        assert p.stdout.strip() == "2"  # kernel and ghost-cell fill: the second process loaded them
+        assert p.stdout.strip() == "1"  # one kernel: the second process loaded what the first compiled
     index = next(cache.rglob("*.nbi"))
     stamp = index.stat().st_mtime_ns
     subprocess.run([sys.executable, "-c", NUMBA_PROBE, str(cache)], env=env, check=True, capture_output=True)

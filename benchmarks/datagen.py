@@ -241,7 +241,6 @@ def bandwidth() -> float:
 def bench_end_to_end(n_traj: int, tmp: str) -> list[dict]:
     """datagen generate against the plain script; fraction of the bandwidth bound."""
     import h5py
-    import resource
 
     bw = bandwidth()
     cells, substeps, steps = n_traj * 100 * 100, 3, 40
@@ -252,18 +251,24 @@ def bench_end_to_end(n_traj: int, tmp: str) -> list[dict]:
         runs.append((f"datagen generate ({backend}, {workers} worker{'s' * (workers > 1)})",
                      DATASET_OURS.format(n=n_traj, integ="euler", sub=substeps, method="fd", backend=backend,
                                          workers=workers)))
+    # peak resident memory of the process (VmHWM: ru_maxrss would carry this benchmark's own peak
+    # over the exec) and of its largest child (writer, workers), in kB
+    rss = ("\nimport resource, re\nhwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+           "print(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
     rows: list[dict] = []
     ref = None
     for k, (label, code) in enumerate(runs):
         path = f"{tmp}/e2e{k}.h5"
-        times = []
+        times, peaks = [], []
         for _ in range(3):
-            p = subprocess.run([sys.executable, "-c", textwrap.dedent(code), path], capture_output=True, text=True,
-                               cwd=tmp)
+            p = subprocess.run([sys.executable, "-c", textwrap.dedent(code) + rss, path], capture_output=True,
+                               text=True, cwd=tmp)
             if p.returncode != 0:
                 print(f"  {label}: failed: {p.stderr.strip().splitlines()[-1]}")
                 break
-            times.append(float(p.stdout.strip().splitlines()[-1]))
+            *_, t_line, rss_line = p.stdout.strip().splitlines()
+            times.append(float(t_line))
+            peaks.append(max(int(v) for v in rss_line.split()) / 1024)
         if not times:
             continue
         with h5py.File(path, "r") as f:
@@ -272,14 +277,24 @@ def bench_end_to_end(n_traj: int, tmp: str) -> list[dict]:
             ref = data
         t = float(np.median(times))
         rows.append({"case": label, "trajectories": n_traj, "seconds": t, "speed_vs_script": None,
+                     "peak_mib": max(peaks),
                      "bandwidth_fraction": bound / t, "identical_bytes": bool(np.array_equal(data, ref)),
                      "max_abs_diff_vs_script": float(np.abs(data.astype(np.float64) - ref).max())})
         print(f"  {label:<42} {t:6.2f} s  {100 * bound / t:5.1f} % of the bandwidth bound  "
-              f"max |diff| vs script {rows[-1]['max_abs_diff_vs_script']:.1e}", flush=True)
+              f"max |diff| vs script {rows[-1]['max_abs_diff_vs_script']:.1e}  peak {max(peaks):.0f} MiB", flush=True)
     for r in rows:
         r["speed_vs_script"] = rows[0]["seconds"] / r["seconds"]
-    print(f"  (bandwidth {bw / 1e9:.1f} GB/s for a large copy; bound {bound:.3f} s; peak memory not measured here)")
-    del resource
+    # flat in the number of trajectories: the same run with four times as many
+    big = DATASET_OURS.format(n=4 * n_traj, integ="euler", sub=substeps, method="fd", backend="numpy", workers=1)
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(big) + rss, f"{tmp}/big.h5"], capture_output=True,
+                       text=True, cwd=tmp)
+    if p.returncode == 0:
+        *_, t_line, rss_line = p.stdout.strip().splitlines()
+        peak = max(int(v) for v in rss_line.split()) / 1024
+        rows.append({"case": f"datagen generate (numpy, 1 worker), {4 * n_traj} trajectories", "trajectories":
+                     4 * n_traj, "seconds": float(t_line), "peak_mib": peak})
+        print(f"  {rows[-1]['case']:<42} {float(t_line):6.2f} s  peak {peak:.0f} MiB", flush=True)
+    print(f"  (bandwidth {bw / 1e9:.1f} GB/s for a large copy; bound {bound:.3f} s)")
     return rows
 
 
@@ -353,7 +368,7 @@ def main() -> None:
         print(table(e2e, [("case", "256 Fisher trajectories, Euler x3 FD2, 100^2, 40 steps", "s"),
                           ("seconds", "wall s (median of 3)", ".2f"), ("speed_vs_script", "speed vs script", ".2f"),
                           ("bandwidth_fraction", "of bandwidth bound", ".1%"),
-                          ("max_abs_diff_vs_script", "max |diff|", ".1e")]))
+                          ("max_abs_diff_vs_script", "max |diff|", ".1e"), ("peak_mib", "peak MiB", ".0f")]))
         print(f"\nwrote {write_json('datagen_end_to_end', {'machine': info, 'rows': e2e})}")
         return
     rows = []

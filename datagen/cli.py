@@ -349,14 +349,14 @@ def cmd_validate(path: str, deep: bool = False, samples: int = 2) -> int:
 
 def _stats_problem(root: Path) -> str | None:
     """What is wrong with a folder's stats.yaml (missing, malformed, not the data's), or None."""
-    from .store import compute_stats, dataset_files, read_stats
+    from .store import compute_stats, dataset_files, read_stats, stats_source
 
     try:
         stored = read_stats(root)
     except DatagenError as exc:
         return f"invalid: {exc}"
     files = dataset_files(root)
-    source = "train" if "train" in files else sorted(files)[0]
+    source = stats_source(files)
     fresh = compute_stats(files[source])
     for key, per_field in fresh.items():
         for name, value in per_field.items():

@@ -166,6 +166,13 @@ class Bumps(Sampler):
         return u
 
 
+def _relative_coordinate(grid: Grid, axis: int, sampler: str) -> np.ndarray:
+    """Cell-centre coordinate along ``axis`` (0 = x, 1 = y) as a fraction of the domain."""
+    if axis not in (0, 1):
+        raise DatagenError(f"{sampler} needs axis 0 (x) or 1 (y), got {axis}")
+    return grid.meshgrid()[axis] / grid.extent[axis]
+
+
 @dataclass(frozen=True)
 class Front(Sampler):
     """A planar front ``(high + low)/2 + (high - low)/2 * tanh((position - s) / width)`` along
@@ -180,9 +187,7 @@ class Front(Sampler):
     jitter: float = 0.0
 
     def _one(self, grid: Grid, rng: np.random.Generator) -> np.ndarray:
-        if self.axis not in (0, 1):
-            raise DatagenError(f"front needs axis 0 (x) or 1 (y), got {self.axis}")
-        s = grid.meshgrid()[self.axis] / grid.extent[self.axis]
+        s = _relative_coordinate(grid, self.axis, self.name)
         p = self.position + self.jitter * (2 * rng.random() - 1)
         return 0.5 * (self.high + self.low) + 0.5 * (self.high - self.low) * np.tanh((p - s) / self.width)
 
@@ -203,12 +208,11 @@ class Band(Sampler):
     low: float = 0.0
 
     def _one(self, grid: Grid, rng: np.random.Generator) -> np.ndarray:
-        if self.axis not in (0, 1):
-            raise DatagenError(f"band needs axis 0 (x) or 1 (y), got {self.axis}")
+        s = _relative_coordinate(grid, self.axis, self.name)
         if not (0 < self.half_min <= self.half_max < 0.5 and self.width > 0):
             raise DatagenError("band needs 0 < half_min <= half_max < 0.5 and width > 0")
         c, h = rng.random(), self.half_min + (self.half_max - self.half_min) * rng.random()
-        d = grid.meshgrid()[self.axis] / grid.extent[self.axis] - c
+        d = s - c
         if grid.boundary == "periodic":
             d = d - np.round(d)
         return self.low + (self.high - self.low) * 0.5 * (np.tanh((h - np.abs(d)) / self.width) + 1.0)

@@ -205,10 +205,8 @@ def dataset_file(path: str | os.PathLike, split: str | None = None) -> Path:
     ``split=None`` takes a folder's only split; a folder with several needs one named.
     """
     p = Path(path)
-    if p.is_file() or not p.exists():
-        if not p.exists():
-            raise DatagenError(f"{p}: no such file or folder")
-        return p
+    if not p.is_dir():
+        return next(iter(dataset_files(p).values()))  # the file itself, or "no such file or folder"
     files = dataset_files(p)
     if not files:
         old = sorted(f.name for f in p.glob("*.h5"))
@@ -252,6 +250,11 @@ def compute_stats(path: str | os.PathLike) -> dict[str, dict[str, float]]:
     return out
 
 
+def stats_source(files: dict[str, Path], split: str = "train") -> str:
+    """The split the statistics come from: ``split`` when present, else the first by name."""
+    return split if split in files else sorted(files)[0]
+
+
 def write_stats(root: str | os.PathLike, split: str = "train") -> Path:
     """Write ``root/stats.yaml`` (The Well's normalisation file) from split ``split`` of the folder
     (from the first split by name when it has no ``split``), atomically."""
@@ -261,7 +264,7 @@ def write_stats(root: str | os.PathLike, split: str = "train") -> Path:
     files = dataset_files(root)
     if not files:
         raise DatagenError(f"{root} holds no dataset to compute normalisation statistics from")
-    source = split if split in files else sorted(files)[0]
+    source = stats_source(files, split)
     stats = compute_stats(files[source])
     out = root / STATS_FILE
     tmp = root / f".{STATS_FILE}.tmp"

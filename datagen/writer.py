@@ -99,10 +99,10 @@ class PartialFile:
     # -- writing -----------------------------------------------------------------------------
     def write(self, k: int, frames: np.ndarray, est: np.ndarray, used: np.ndarray) -> None:
         """Batch ``k``: in place at once when uncompressed, else once the batches before it are in."""
-        self._pending[k] = (frames, est, used)
         if self.compression == "none":
-            self._put(k, *self._pending.pop(k))
+            self._put(k, frames, est, used)
             return
+        self._pending[k] = (frames, est, used)
         while self._next in self._pending:
             self._put(self._next, *self._pending.pop(self._next))
             self._next += 1

@@ -123,7 +123,8 @@ def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers:
         return prov
 
     try:
-        for k, (arr, est, used) in run_batches(cfg_json, [bounds[k] for k in todo], todo, workers, scheduler):
+        for k, (arr, est, used) in run_batches(cfg_json, [bounds[k] for k in todo], todo, workers, scheduler,
+                                               partial.buffer):
             partial.write(k, arr, est, used)
             report(bounds[k][1] - bounds[k][0])
         partial.finish(provenance)

@@ -19,11 +19,20 @@ from .grid import Grid
 __all__ = ["SinCos", "Fourier", "GRF", "Bumps", "Front", "Band", "Patches", "SAMPLERS", "make_sampler"]
 
 
+SAMPLERS: dict[str, type[Sampler]] = {}  # filled by Sampler subclasses as they are defined
+
+
 @dataclass(frozen=True)
 class Sampler:
     """Base class: subclasses set ``name`` and implement ``_one(grid, rng)`` for one field."""
 
     name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        # a subclass with a name is a sampler make_sampler knows (and GenerationConfig's initial)
+        super().__init_subclass__(**kw)
+        if cls.name:
+            SAMPLERS[cls.name] = cls
 
     def sample(self, grid: Grid, n_fields: int, rng: np.random.Generator) -> np.ndarray:
         """One initial state ``(n_fields, nx, ny)``; each field drawn in turn from ``rng``.
@@ -245,7 +254,6 @@ class Patches(Sampler):
         return np.maximum(np.stack([u, v]), 0.0)
 
 
-SAMPLERS: dict[str, type[Sampler]] = {c.name: c for c in (SinCos, Fourier, GRF, Bumps, Front, Band, Patches)}
 
 
 def make_sampler(spec: Mapping[str, Any] | Sampler) -> Sampler:

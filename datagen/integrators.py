@@ -20,7 +20,7 @@ derivative terms) and name the largest stable ``dt``.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -75,6 +75,21 @@ def reaction_rate(pde) -> float:
 
 class _Stepper:
     name = ""
+    # the integrator names that make this class (its ``name`` when empty); set by subclasses,
+    # which register themselves for make_integrator
+    names: tuple[str, ...] = ()
+    _registry: dict[str, type[_Stepper]] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        for name in cls.names or ((cls.name,) if cls.name else ()):
+            _Stepper._registry[name] = cls
+
+    @classmethod
+    def create(cls, name: str, sd: SemiDiscrete, dt: float, substeps: int | str, *, check_stability: bool,
+               rtol: float, atol: float) -> _Stepper:
+        """The integrator ``name`` of this class, as :func:`make_integrator` asks for it."""
+        return cls(sd, dt, 1 if substeps == "auto" else int(substeps))
 
     def __init__(self, sd: SemiDiscrete, dt: float, substeps: int = 1) -> None:
         if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
@@ -98,7 +113,11 @@ class _Stepper:
     def rollout(self, u0: np.ndarray, n_steps: int, out: np.ndarray | None = None) -> np.ndarray:
         """``(..., n_steps + 1, field, x, y)``: ``u0`` and ``n_steps`` saved steps after it, in
         ``out`` when given (any float dtype: frames are stored as they are made)."""
-        return rollout(self.step, u0, n_steps, out)[0]
+        return self.run(u0, n_steps, out)[0]
+
+    def run(self, u0: np.ndarray, n_steps: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As :func:`rollout` with this stepper: ``(frames, last state)``."""
+        return rollout(self.step, u0, n_steps, out)
 
 
 def rollout(step, u0: np.ndarray, n_steps: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +159,12 @@ class _Explicit(_Stepper):
                 )
 
     @classmethod
+    def create(cls, name: str, sd: SemiDiscrete, dt: float, substeps: int | str, *, check_stability: bool,
+               rtol: float, atol: float) -> _Stepper:
+        n = cls.auto_substeps(sd, dt) if substeps == "auto" else int(substeps)
+        return cls(sd, dt, n, check_stability=check_stability)
+
+    @classmethod
     def auto_substeps(cls, sd: SemiDiscrete, dt: float, safety: float = 0.9) -> int:
         """Fewest substeps that keep ``h`` within ``safety`` times the stability limit."""
         hmax = max_stable_step(sd, cls.name)
@@ -152,9 +177,29 @@ class Euler(_Explicit):
     """Forward Euler: ``U <- U + h F(U)``."""
 
     name = "euler"
+    _fused = None
 
     def _substep(self, u: np.ndarray) -> np.ndarray:
         return self.sd.euler_update(u, self.h)
+
+    def run(self, u0: np.ndarray, n_steps: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As :func:`rollout`; with the numba backend on a periodic grid, every substep is one
+        compiled sweep over a padded state kept between substeps (same bytes as step by step)."""
+        sd = self.sd
+        if not (sd.backend == "numba" and sd.grid.boundary == "periodic" and sd.radius >= 1 and u0.ndim == 4):
+            return rollout(self.step, u0, n_steps, out)
+        sd._check(u0)
+        shape = (u0.shape[0], n_steps + 1) + u0.shape[1:]
+        if out is None:
+            out = np.empty(shape, dtype=u0.dtype)
+        elif out.shape != shape:
+            raise DatagenError(f"rollout buffer of shape {out.shape} does not fit {shape}")
+        if self._fused is None:
+            from ._numba import compile_euler_rollout
+
+            self._fused = compile_euler_rollout(sd)
+        last = self._fused(np.asarray(u0, np.float64), n_steps, self.substeps, self.h, out)
+        return out, last.astype(u0.dtype, copy=False)
 
 
 class RK4(_Explicit):
@@ -251,6 +296,12 @@ class ScipyIVP(_Stepper):
     """
 
     name = "scipy"
+    names = ("bdf", "radau", "rk45")
+
+    @classmethod
+    def create(cls, name: str, sd: SemiDiscrete, dt: float, substeps: int | str, *, check_stability: bool,
+               rtol: float, atol: float) -> _Stepper:
+        return cls(sd, dt, {"bdf": "BDF", "radau": "Radau", "rk45": "RK45"}[name], rtol, atol)
 
     def __init__(self, sd: SemiDiscrete, dt: float, method: str = "BDF", rtol: float = 1e-8, atol: float = 1e-10) -> None:
         super().__init__(sd, dt, 1)
@@ -262,9 +313,9 @@ class ScipyIVP(_Stepper):
         """One saved step (one ``solve_ivp`` call per trajectory)."""
         return self.rollout(u, 1)[..., -1, :, :, :]
 
-    def rollout(self, u0: np.ndarray, n_steps: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Integrate each trajectory over ``n_steps * dt`` and sample at the saved times (into
-        ``out`` when given)."""
+    def run(self, u0: np.ndarray, n_steps: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Integrate each trajectory over ``n_steps * dt`` in one ``solve_ivp`` call and sample
+        at the saved times (into ``out`` when given); ``(frames, last state)``."""
         from scipy.integrate import solve_ivp
 
         batch_shape = u0.shape[:-3]
@@ -286,24 +337,20 @@ class ScipyIVP(_Stepper):
                 raise DatagenError(f"solve_ivp ({self.method}) failed: {sol.message}")
             outs.append(sol.y.T.reshape((n_steps + 1,) + state_shape))
         res = np.stack(outs).reshape(batch_shape + (n_steps + 1,) + state_shape)
+        last = res[..., -1, :, :, :].astype(u0.dtype)
         if out is None:
-            return res.astype(u0.dtype)
+            return res.astype(u0.dtype), last
         out[...] = res
-        return out
+        return out, last
 
 
-INTEGRATORS = ("euler", "rk4", "etdrk4", "bdf", "radau", "rk45")
+INTEGRATORS = tuple(_Stepper._registry)
 
 
 def make_integrator(name: str, sd: SemiDiscrete, dt: float, substeps: int | str = 1, *,
                     check_stability: bool = True, rtol: float = 1e-8, atol: float = 1e-10) -> _Stepper:
     """Integrator by name; ``substeps="auto"`` picks the fewest stable ones for explicit methods."""
-    if name in ("euler", "rk4"):
-        cls = Euler if name == "euler" else RK4
-        n = cls.auto_substeps(sd, dt) if substeps == "auto" else int(substeps)
-        return cls(sd, dt, n, check_stability=check_stability)
-    if name == "etdrk4":
-        return ETDRK4(sd, dt, 1 if substeps == "auto" else int(substeps))
-    if name in ("bdf", "radau", "rk45"):
-        return ScipyIVP(sd, dt, {"bdf": "BDF", "radau": "Radau", "rk45": "RK45"}[name], rtol, atol)
-    raise DatagenError(f"unknown integrator {name!r}; choose one of: {', '.join(INTEGRATORS)}")
+    cls = _Stepper._registry.get(name)
+    if cls is None:
+        raise DatagenError(f"unknown integrator {name!r}; choose one of: {', '.join(_Stepper._registry)}")
+    return cls.create(name, sd, dt, substeps, check_stability=check_stability, rtol=rtol, atol=atol)

@@ -35,8 +35,10 @@ def progress_reporter(progress, total: int, label: str = "generate"):
     return lambda n: None
 
 
-def run_batches(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], workers: int, scheduler: str | None):
-    """Yield ``(key, batch)`` as batches finish, keeping at most 2 x workers in flight."""
+def run_batches(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], workers: int, scheduler: str | None,
+                buffer=None):
+    """Yield ``(key, batch)`` as batches finish, keeping at most 2 x workers in flight. In this
+    process, ``buffer(n)`` (when given) provides the array to solve ``n`` trajectories into."""
     if scheduler:
         try:
             from distributed import Client, as_completed
@@ -66,7 +68,7 @@ def run_batches(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], w
         return
     if workers == 1:
         for k, (a, b) in zip(keys, bounds):
-            yield k, solve_batch(cfg_json, a, b, True)
+            yield k, solve_batch(cfg_json, a, b, True, buffer(b - a) if buffer else None)
         return
     import multiprocessing as mp
 

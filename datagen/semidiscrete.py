@@ -2,14 +2,18 @@
 
 ``SemiDiscrete(pde, grid, accuracy=2, method="fd")(U)`` evaluates F on arrays shaped
 ``(..., field, x, y)``: every derivative the PDE uses is computed once per call with whole-array
-operations (finite-difference stencils on ghost-padded arrays, or Fourier multipliers on periodic
-grids), and the polynomial terms are then products of those arrays.
+operations, and the polynomial terms are then products of those arrays. The space
+discretisations are subclasses behind that one interface, registered by ``method``:
+:class:`FiniteDifference` (stencils on ghost-padded arrays; any boundary; a numba backend and a
+sparse Jacobian) and :class:`Spectral` (Fourier multipliers; periodic grids). Each supplies its
+derivative arrays and the Fourier symbol of a derivative; the polynomial, the linear part the
+exponential integrators split off, and the stability eigenvalues are shared.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import ducc0
 import numpy as np
@@ -20,7 +24,7 @@ from .grid import Grid
 from .pde import PDE, Derivative, Term
 from .stencils import apply_1d, matrix_1d, stencil_radius, stencil_symbol
 
-__all__ = ["SemiDiscrete", "METHODS", "BACKENDS"]
+__all__ = ["SemiDiscrete", "FiniteDifference", "Spectral", "METHODS", "BACKENDS"]
 
 
 def rfft2(a: np.ndarray) -> np.ndarray:
@@ -38,12 +42,12 @@ def irfft2(a: np.ndarray, s: tuple[int, int]) -> np.ndarray:
 FFT_WORKERS = min(2, os.cpu_count() or 1)
 
 
-METHODS = ("fd", "spectral")
 BACKENDS = ("numpy", "numba")
 
 
 class SemiDiscrete:
-    """Callable ``F(U)`` for the method of lines.
+    """Callable ``F(U)`` for the method of lines; ``SemiDiscrete(..., method=m)`` makes the
+    subclass registered for ``m``.
 
     Args:
         pde: the equations.
@@ -55,58 +59,47 @@ class SemiDiscrete:
             numpy to round-off, several times faster; needs numba).
     """
 
-    def __init__(self, pde: PDE, grid: Grid, accuracy: int = 2, method: Literal["fd", "spectral"] = "fd",
+    method: ClassVar[str] = ""
+    radius: int = 0  # ghost cells a derivative reads on each side
+    _registry: ClassVar[dict[str, type[SemiDiscrete]]] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.method:
+            SemiDiscrete._registry[cls.method] = cls
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SemiDiscrete:
+        if cls is SemiDiscrete:
+            method = kwargs.get("method", args[3] if len(args) > 3 else "fd")
+            if method not in cls._registry:
+                raise DatagenError(f"unknown space discretisation {method!r}; choose one of {METHODS}")
+            cls = cls._registry[method]
+        return super().__new__(cls)
+
+    def __init__(self, pde: PDE, grid: Grid, accuracy: int = 2, method: Literal["fd", "spectral"] | None = None,
                  backend: Literal["numpy", "numba"] = "numpy") -> None:
-        if method not in METHODS:
-            raise DatagenError(f"unknown space discretisation {method!r}; choose one of {METHODS}")
+        if method is not None and method != self.method:
+            raise DatagenError(f"{type(self).__name__} is method {self.method!r}, not {method!r}")
         if backend not in BACKENDS:
             raise DatagenError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-        if backend == "numba" and method != "fd":
-            raise DatagenError("backend 'numba' supports method='fd' only")
-        if method == "spectral" and grid.boundary != "periodic":
-            raise DatagenError(
-                f"the spectral method needs a periodic grid, not {grid.boundary!r}; use method='fd'"
-            )
         bv = grid.boundary_value
         if grid.boundary == "dirichlet" and isinstance(bv, tuple) and len(bv) != pde.n_fields:
             raise DatagenError(
                 f"boundary_value has {len(grid.boundary_value)} entries but {pde.name} has "
                 f"{pde.n_fields} fields; give one per field"
             )
-        self.pde, self.grid, self.accuracy, self.method, self.backend = pde, grid, int(accuracy), method, backend
-        self._compiled: dict[bool, object] = {}
+        self.pde, self.grid, self.accuracy, self.backend = pde, grid, int(accuracy), backend
         self.derivs = pde.derivatives()
-        self.radius = max((stencil_radius(max(d.order), self.accuracy) for d in self.derivs if d.total_order), default=0)
-        if method == "fd" and self.radius and min(grid.shape) < 2 * self.radius + 1:
-            raise DatagenError(f"grid {grid.shape} is too small for stencils of radius {self.radius}")
         self._lin_mask = [[self._is_linear_diag(c, t) for t in terms] for c, terms in enumerate(pde.rhs)]
-        if method == "spectral":
-            nx, ny = grid.shape
-            self._kx = 2j * np.pi * np.fft.fftfreq(nx, d=grid.dx)
-            self._ky = 2j * np.pi * np.fft.rfftfreq(ny, d=grid.dy)
 
     # -- evaluation --------------------------------------------------------------------
     def __call__(self, u: np.ndarray) -> np.ndarray:
         """F(U) for ``U`` of shape ``(..., field, x, y)``."""
-        if self.backend == "numba":
-            self._check(u)
-            return self.compiled(fused=False)(u, 1.0)
         return self.evaluate(u)
 
     def euler_update(self, u: np.ndarray, h: float) -> np.ndarray:
-        """``U + h F(U)``, in one pass with the numba backend."""
-        if self.backend == "numba":
-            self._check(u)
-            return self.compiled(fused=True)(u, h)
+        """``U + h F(U)``."""
         return u + h * self.evaluate(u)
-
-    def compiled(self, fused: bool):
-        """The numba kernel (compiled on first use)."""
-        if fused not in self._compiled:
-            from ._numba import compile_rhs
-
-            self._compiled[fused] = compile_rhs(self, fused)
-        return self._compiled[fused]
 
     def evaluate(self, u: np.ndarray, part: Literal["all", "nonlinear"] = "all") -> np.ndarray:
         """F(U), or with ``part="nonlinear"`` only the terms outside :meth:`linear_symbol`."""
@@ -159,52 +152,10 @@ class SemiDiscrete:
     def derivative_arrays(self, u: np.ndarray, needed: set[Derivative] | None = None) -> dict[Derivative, np.ndarray]:
         """The derivatives the PDE uses (or those in ``needed``), keyed by :class:`Derivative`,
         each ``(..., x, y)``."""
-        fi = {f: k for k, f in enumerate(self.pde.fields)}
-        out: dict[Derivative, np.ndarray] = {}
-        derivs = self.derivs if needed is None else [d for d in self.derivs if d in needed]
-        if self.method == "spectral":
-            if all(d.total_order == 0 for d in derivs):
-                return {d: u[..., fi[d.field], :, :] for d in derivs}
-            uh = rfft2(u)
-            for d in derivs:
-                c = fi[d.field]
-                if d.total_order == 0:
-                    out[d] = u[..., c, :, :]
-                else:
-                    out[d] = irfft2(uh[..., c, :, :] * self.multiplier(d.order), s=self.grid.shape)
-            return out
-        R = self.radius if any(d.total_order for d in derivs) else 0
-        padded = self.grid.pad(u, R) if R else u
-        nx, ny = self.grid.shape
-        dx, dy = self.grid.spacing
-        for d in derivs:
-            c = fi[d.field]
-            if d.total_order == 0:
-                out[d] = u[..., c, :, :]
-                continue
-            i, j = d.order
-            p = padded[..., c, :, :]
-            if not j:  # drop the ghost columns before the x pass when no y pass needs them
-                p = p[..., R:R + ny]
-            if not i:
-                p = p[..., R:R + nx, :]
-            if i:
-                p = apply_1d(p, i, self.accuracy, axis=-2, pad=R, n=nx, h=dx)
-            if j:
-                p = apply_1d(p, j, self.accuracy, axis=-1, pad=R, n=ny, h=dy)
-            out[d] = p
-        return out
+        raise NotImplementedError
 
-    def multiplier(self, order: tuple[int, int]) -> np.ndarray:
-        """Fourier multiplier ``(i kx)^i (i ky)^j`` on the rfft2 layout (odd orders drop Nyquist)."""
-        i, j = order
-        kx, ky = self._kx.copy(), self._ky.copy()
-        nx, ny = self.grid.shape
-        if i % 2 and nx % 2 == 0:
-            kx[nx // 2] = 0
-        if j % 2 and ny % 2 == 0:
-            ky[-1] = 0
-        return (kx ** i)[:, None] * (ky ** j)[None, :]
+    def _wanted(self, needed: set[Derivative] | None) -> list[Derivative]:
+        return self.derivs if needed is None else [d for d in self.derivs if d in needed]
 
     # -- linear structure --------------------------------------------------------------
     def _is_linear_diag(self, c: int, t: Term) -> bool:
@@ -227,14 +178,8 @@ class SemiDiscrete:
         return L
 
     def _symbol(self, order: tuple[int, int]) -> np.ndarray:
-        if self.method == "spectral":
-            return self.multiplier(order)
-        nx, ny = self.grid.shape
-        tx = 2 * np.pi * np.fft.fftfreq(nx)
-        ty = 2 * np.pi * np.fft.rfftfreq(ny)
-        sx = stencil_symbol(order[0], self.accuracy, tx) / self.grid.dx ** order[0]
-        sy = stencil_symbol(order[1], self.accuracy, ty) / self.grid.dy ** order[1]
-        return sx[:, None] * sy[None, :]
+        """The Fourier symbol of the derivative of ``order`` on the rfft2 layout."""
+        raise NotImplementedError
 
     def stiff_eigenvalues(self) -> np.ndarray:
         """Eigenvalues of the constant-coefficient derivative terms (von Neumann analysis).
@@ -252,11 +197,90 @@ class SemiDiscrete:
             lams.append(L.ravel())
         return np.concatenate(lams)
 
-    # -- Jacobian ----------------------------------------------------------------------
+    def jacobian(self, u: np.ndarray) -> sp.csr_matrix:
+        """Sparse dF/dU at one state ``u (field, x, y)`` (finite differences only)."""
+        raise DatagenError("a sparse Jacobian needs method='fd'")
+
+    def _check(self, u: np.ndarray) -> None:
+        if u.ndim < 3 or u.shape[-3:] != (self.pde.n_fields, *self.grid.shape):
+            raise DatagenError(
+                f"state of shape {u.shape} does not fit {self.pde.name} on {self.grid.shape}: "
+                f"expected (..., {self.pde.n_fields}, {self.grid.shape[0]}, {self.grid.shape[1]})"
+            )
+
+
+class FiniteDifference(SemiDiscrete):
+    """Central finite differences of order ``accuracy`` on ghost-padded arrays (any boundary);
+    ``backend="numba"`` compiles the whole right-hand side into one loop nest."""
+
+    method = "fd"
+
+    def __init__(self, pde: PDE, grid: Grid, accuracy: int = 2, method: Literal["fd"] | None = None,
+                 backend: Literal["numpy", "numba"] = "numpy") -> None:
+        super().__init__(pde, grid, accuracy, method, backend)
+        self._compiled: dict[bool, object] = {}
+        self.radius = max((stencil_radius(max(d.order), self.accuracy) for d in self.derivs if d.total_order), default=0)
+        if self.radius and min(grid.shape) < 2 * self.radius + 1:
+            raise DatagenError(f"grid {grid.shape} is too small for stencils of radius {self.radius}")
+
+    def __call__(self, u: np.ndarray) -> np.ndarray:
+        """F(U) for ``U`` of shape ``(..., field, x, y)``."""
+        if self.backend == "numba":
+            self._check(u)
+            return self.compiled(fused=False)(u, 1.0)
+        return self.evaluate(u)
+
+    def euler_update(self, u: np.ndarray, h: float) -> np.ndarray:
+        """``U + h F(U)``, in one pass with the numba backend."""
+        if self.backend == "numba":
+            self._check(u)
+            return self.compiled(fused=True)(u, h)
+        return u + h * self.evaluate(u)
+
+    def compiled(self, fused: bool):
+        """The numba kernel (compiled on first use)."""
+        if fused not in self._compiled:
+            from ._numba import compile_rhs
+
+            self._compiled[fused] = compile_rhs(self, fused)
+        return self._compiled[fused]
+
+    def derivative_arrays(self, u: np.ndarray, needed: set[Derivative] | None = None) -> dict[Derivative, np.ndarray]:
+        fi = {f: k for k, f in enumerate(self.pde.fields)}
+        out: dict[Derivative, np.ndarray] = {}
+        derivs = self._wanted(needed)
+        R = self.radius if any(d.total_order for d in derivs) else 0
+        padded = self.grid.pad(u, R) if R else u
+        nx, ny = self.grid.shape
+        dx, dy = self.grid.spacing
+        for d in derivs:
+            c = fi[d.field]
+            if d.total_order == 0:
+                out[d] = u[..., c, :, :]
+                continue
+            i, j = d.order
+            p = padded[..., c, :, :]
+            if not j:  # drop the ghost columns before the x pass when no y pass needs them
+                p = p[..., R:R + ny]
+            if not i:
+                p = p[..., R:R + nx, :]
+            if i:
+                p = apply_1d(p, i, self.accuracy, axis=-2, pad=R, n=nx, h=dx)
+            if j:
+                p = apply_1d(p, j, self.accuracy, axis=-1, pad=R, n=ny, h=dy)
+            out[d] = p
+        return out
+
+    def _symbol(self, order: tuple[int, int]) -> np.ndarray:
+        nx, ny = self.grid.shape
+        tx = 2 * np.pi * np.fft.fftfreq(nx)
+        ty = 2 * np.pi * np.fft.rfftfreq(ny)
+        sx = stencil_symbol(order[0], self.accuracy, tx) / self.grid.dx ** order[0]
+        sy = stencil_symbol(order[1], self.accuracy, ty) / self.grid.dy ** order[1]
+        return sx[:, None] * sy[None, :]
+
     def jacobian(self, u: np.ndarray) -> sp.csr_matrix:
         """Sparse dF/dU at one state ``u (field, x, y)``, on the C-order flattening of ``u``."""
-        if self.method != "fd":
-            raise DatagenError("a sparse Jacobian needs method='fd'")
         self._check(u)
         if u.ndim != 3:
             raise DatagenError(f"jacobian takes one state (field, x, y), got shape {u.shape}")
@@ -286,9 +310,54 @@ class SemiDiscrete:
         ay = matrix_1d(self.grid, 1, order[1], self.accuracy)
         return sp.kron(ax, ay, format="csr")
 
-    def _check(self, u: np.ndarray) -> None:
-        if u.ndim < 3 or u.shape[-3:] != (self.pde.n_fields, *self.grid.shape):
+
+class Spectral(SemiDiscrete):
+    """Fourier pseudo-spectral derivatives on periodic grids; products are formed in physical
+    space without dealiasing."""
+
+    method = "spectral"
+
+    def __init__(self, pde: PDE, grid: Grid, accuracy: int = 2, method: Literal["spectral"] | None = None,
+                 backend: Literal["numpy", "numba"] = "numpy") -> None:
+        if backend == "numba":
+            raise DatagenError("backend 'numba' supports method='fd' only")
+        if grid.boundary != "periodic":
             raise DatagenError(
-                f"state of shape {u.shape} does not fit {self.pde.name} on {self.grid.shape}: "
-                f"expected (..., {self.pde.n_fields}, {self.grid.shape[0]}, {self.grid.shape[1]})"
+                f"the spectral method needs a periodic grid, not {grid.boundary!r}; use method='fd'"
             )
+        super().__init__(pde, grid, accuracy, method, backend)
+        nx, ny = grid.shape
+        self._kx = 2j * np.pi * np.fft.fftfreq(nx, d=grid.dx)
+        self._ky = 2j * np.pi * np.fft.rfftfreq(ny, d=grid.dy)
+
+    def derivative_arrays(self, u: np.ndarray, needed: set[Derivative] | None = None) -> dict[Derivative, np.ndarray]:
+        fi = {f: k for k, f in enumerate(self.pde.fields)}
+        out: dict[Derivative, np.ndarray] = {}
+        derivs = self._wanted(needed)
+        if all(d.total_order == 0 for d in derivs):
+            return {d: u[..., fi[d.field], :, :] for d in derivs}
+        uh = rfft2(u)
+        for d in derivs:
+            c = fi[d.field]
+            if d.total_order == 0:
+                out[d] = u[..., c, :, :]
+            else:
+                out[d] = irfft2(uh[..., c, :, :] * self.multiplier(d.order), s=self.grid.shape)
+        return out
+
+    def multiplier(self, order: tuple[int, int]) -> np.ndarray:
+        """Fourier multiplier ``(i kx)^i (i ky)^j`` on the rfft2 layout (odd orders drop Nyquist)."""
+        i, j = order
+        kx, ky = self._kx.copy(), self._ky.copy()
+        nx, ny = self.grid.shape
+        if i % 2 and nx % 2 == 0:
+            kx[nx // 2] = 0
+        if j % 2 and ny % 2 == 0:
+            ky[-1] = 0
+        return (kx ** i)[:, None] * (ky ** j)[None, :]
+
+    def _symbol(self, order: tuple[int, int]) -> np.ndarray:
+        return self.multiplier(order)
+
+
+METHODS = tuple(SemiDiscrete._registry)

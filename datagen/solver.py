@@ -15,7 +15,7 @@ from .config import GenerationConfig, trajectory_rng
 from .errors import DatagenError
 from .grid import Grid
 from .initial import make_sampler
-from .integrators import make_integrator, rollout
+from .integrators import make_integrator
 from .pde import PDE
 from .semidiscrete import SemiDiscrete
 
@@ -32,9 +32,11 @@ def _build(cfg_json: str):
     return pde, grid, stepper, make_sampler(cfg["initial"])
 
 
-def solve_batch(cfg_json: str, start: int, stop: int, with_errors: bool = False):
-    """Trajectories ``start..stop-1`` of a resolved config, float32 ``(b, steps+1, field, x, y)``;
-    with ``with_errors``, also the estimated errors and substeps of each (see ``_rollout``)."""
+def solve_batch(cfg_json: str, start: int, stop: int, with_errors: bool = False,
+                out: np.ndarray | None = None):
+    """Trajectories ``start..stop-1`` of a resolved config, float32 ``(b, steps+1, field, x, y)``
+    (in ``out`` when given); with ``with_errors``, also the estimated errors and substeps of each
+    (see ``_rollout``)."""
     cfg = json.loads(cfg_json)
     pde, grid, _, sampler = _build(cfg_json)
     u0 = np.stack([sampler.sample(grid, pde.n_fields, trajectory_rng(cfg["seed"], cfg["split"], i))
@@ -44,7 +46,7 @@ def solve_batch(cfg_json: str, start: int, stop: int, with_errors: bool = False)
         raise DatagenError(f"the initial condition of trajectory {start + _first_bad(u0[:, None])[0]} is not finite; "
                            "check the --ic-param values")
     with np.errstate(all="ignore"):  # a blow-up is reported below, once, with its cause
-        out, est, used = _rollout(cfg_json, u0, cfg["steps"], np.float32)
+        out, est, used = _rollout(cfg_json, u0, cfg["steps"], np.float32, out)
     if not np.all(np.isfinite(out)):
         i, n = _first_bad(out)
         big = float(np.abs(u0).max())
@@ -72,10 +74,10 @@ def _stepper(cfg_json: str, substeps: int):
 MAX_REFINE = 64
 
 
-def _rollout(cfg_json: str, u0: np.ndarray, steps: int,
-             dtype: np.dtype | type = np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rollout(cfg_json: str, u0: np.ndarray, steps: int, dtype: np.dtype | type = np.float64,
+             out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(trajectories, estimated relative errors at the last step, substeps used)``; frames are
-    stored in ``dtype`` as they are made (the solve itself is float64).
+    stored in ``dtype`` (or in ``out``) as they are made (the solve itself is float64).
 
     Without a tolerance: the configured substeps, errors NaN. With one: each trajectory is solved
     with ``s`` and ``2s`` substeps; the finer solution is kept once the step-doubling
@@ -88,17 +90,19 @@ def _rollout(cfg_json: str, u0: np.ndarray, steps: int,
     b = u0.shape[0]
     shape = (b, steps + 1, *u0.shape[1:])
     tol = cfg.get("tolerance")
+    result = np.empty(shape, dtype) if out is None else out
+    if result.shape != shape:
+        raise DatagenError(f"internal: frame buffer of shape {result.shape} for {shape}")
     if not tol:
-        out = base.rollout(u0, steps, out=np.empty(shape, dtype))
-        return out, np.full(b, np.nan), np.full(b, int(cfg["substeps"]))
+        base.run(u0, steps, result)
+        return result, np.full(b, np.nan), np.full(b, int(cfg["substeps"]))
     s = int(cfg["substeps"])
-    result = np.empty(shape, dtype)
-    last_c = rollout(base.step, u0, steps, result)[1].reshape(b, -1)  # the coarse frames are overwritten
+    last_c = base.run(u0, steps, result)[1].reshape(b, -1)  # the coarse frames are overwritten
     est, used = np.empty(b), np.empty(b, dtype=np.int64)
     todo = np.arange(b)
     while todo.size:
         fine = np.empty((todo.size, *shape[1:]), dtype)
-        last_f = rollout(_stepper(cfg_json, 2 * s).step, u0[todo], steps, fine)[1].reshape(todo.size, -1)
+        last_f = _stepper(cfg_json, 2 * s).run(u0[todo], steps, fine)[1].reshape(todo.size, -1)
         e = np.linalg.norm(last_c - last_f, axis=1) / np.maximum(np.linalg.norm(last_f, axis=1), 1e-300) / 15.0
         # a coarse solution that blew up is no estimate: refine; a fine one that blew up is reported
         done = (e <= tol) | (2 * s >= MAX_REFINE * int(cfg["substeps"])) | ~np.isfinite(last_f).all(axis=1)

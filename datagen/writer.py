@@ -102,7 +102,8 @@ class PartialFile:
         if self.compression == "none":
             self._put(k, frames, est, used)
             return
-        self._pending[k] = (frames, est, used)
+        # a copy: the frames may sit in a buffer the caller reuses before their turn comes
+        self._pending[k] = (np.array(frames), est, used)
         while self._next in self._pending:
             self._put(self._next, *self._pending.pop(self._next))
             self._next += 1
@@ -170,7 +171,8 @@ class IsolatedWriter:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         # two shared buffers of a batch's frames, made before the fork so that both processes map
         # them: a batch is copied in once and written from there while the next one is solved
-        frame = len(meta["fields"]) * len(meta["time"]) * len(meta["x"]) * len(meta["y"]) * 4
+        self._frame_shape = (len(meta["time"]), len(meta["fields"]), len(meta["x"]), len(meta["y"]))
+        frame = int(np.prod(self._frame_shape)) * 4
         size = max(b - a for a, b in bounds) * frame
         self._buffers = [mmap.mmap(-1, max(size, 1)) for _ in range(2)] if ctx.get_start_method() == "fork" else []
         self._turn = 0
@@ -223,6 +225,14 @@ class IsolatedWriter:
             return list(range(len(self._bounds)))
         return self._call("open", resume, overwrite)
 
+    def buffer(self, n: int) -> np.ndarray | None:
+        """A float32 array for the frames of ``n`` trajectories in the shared buffer the next
+        :meth:`write` sends (the one not in flight), so a batch solved into it is not copied;
+        ``None`` without shared buffers."""
+        if not self._buffers:
+            return None
+        return np.ndarray((n, *self._frame_shape), np.float32, buffer=self._buffers[self._turn])
+
     def write(self, k: int, frames: np.ndarray, est: np.ndarray, used: np.ndarray) -> None:
         """As :meth:`PartialFile.write`; the frames travel as raw bytes."""
         frames = np.asarray(frames, np.float32)
@@ -232,7 +242,9 @@ class IsolatedWriter:
             return
         self._collect()  # the one request in flight used the other buffer: this one is free
         buf = self._buffers[self._turn]
-        np.ndarray(frames.shape, np.float32, buffer=buf)[...] = frames
+        view = np.ndarray(frames.shape, np.float32, buffer=buf)
+        if view.__array_interface__["data"][0] != frames.__array_interface__["data"][0]:
+            view[...] = frames  # solved elsewhere (a worker): copied in once
         self._call("write", k, frames.shape, self._turn, data=(est, used), wait=False)
         self._turn = 1 - self._turn
 

@@ -234,6 +234,23 @@ def test_numba_backend_agrees_with_numpy_to_round_off(name, boundary, rng):
         SemiDiscrete(pde, Grid((20, 18)), method="spectral", backend="numba")
 
 
+@pytest.mark.parametrize("name, acc, dtype", [("fisher", 2, np.float32), ("gray_scott", 4, np.float64)])
+def test_numba_fused_euler_rollout_is_the_step_by_step_rollout_bit_for_bit(name, acc, dtype, rng):
+    # one sweep per substep over a padded state kept between substeps, frames stored as made
+    from datagen.integrators import rollout
+
+    pytest.importorskip("numba")
+    pde = catalogue.make_pde(name)
+    sd = SemiDiscrete(pde, Grid((20, 18)), accuracy=acc, backend="numba")
+    stepper = Euler(sd, 3 * min(0.5 * max_stable_step(sd, "euler"), 0.05), 3)  # resolve the reaction too
+    u = rng.random((3, pde.n_fields, 20, 18))
+    want, want_last = rollout(stepper.step, u, 7, np.empty((3, 8, pde.n_fields, 20, 18), dtype))
+    got, last = stepper.run(u, 7, np.empty((3, 8, pde.n_fields, 20, 18), dtype))
+    assert np.isfinite(want).all() and not np.array_equal(want[:, 1], want[:, 0])
+    assert np.array_equal(got, want) and np.array_equal(last, want_last)
+    assert np.array_equal(stepper.run(u[:1], 2)[0], rollout(stepper.step, u[:1], 2)[0])  # another batch size
+
+
 @pytest.mark.parametrize("name, method, acc", [("fisher", "fd", 4), ("fisher", "fd", 6), ("advection", "fd", 2),
                                                ("burgers", "spectral", 0), ("gray_scott", "fd", 2)])
 def test_etdrk4_converges_to_the_same_semi_discrete_flow_as_rk4(name, method, acc):
@@ -283,3 +300,57 @@ def test_numba_kernels_are_cached_between_processes_and_work_without_a_cache(tmp
     env["DATAGEN_CACHE_DIR"] = str(blocked)
     p = subprocess.run([sys.executable, "-c", NUMBA_PROBE, str(tmp_path)], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_space_discretisations_and_integrators_are_registered_by_name(tmp_path, rng):
+    import pickle
+    from dataclasses import dataclass
+
+    from datagen.initial import SAMPLERS, Sampler, make_sampler
+    from datagen.integrators import INTEGRATORS
+    from datagen.semidiscrete import METHODS, FiniteDifference, Spectral
+
+    pde, g = catalogue.fisher(), Grid((16, 12))
+    assert METHODS == ("fd", "spectral") and INTEGRATORS == ("euler", "rk4", "etdrk4", "bdf", "radau", "rk45")
+    fd, sp = SemiDiscrete(pde, g, 4), SemiDiscrete(pde, g, method="spectral")
+    assert type(fd) is FiniteDifference and type(sp) is Spectral and isinstance(sp, SemiDiscrete)
+    u = rng.random((2, 1, 16, 12))
+    assert np.array_equal(pickle.loads(pickle.dumps(sp))(u), sp(u))  # workers receive operators by pickle
+    assert np.array_equal(FiniteDifference(pde, g, 4)(u), fd(u))
+    with pytest.raises(DatagenError, match="needs method='fd'"):
+        sp.jacobian(u[0])
+    with pytest.raises(DatagenError, match="FiniteDifference is method 'fd', not 'spectral'"):
+        FiniteDifference(pde, g, method="spectral")
+    stepper = make_integrator("radau", fd, 0.01)
+    assert type(stepper) is ScipyIVP and stepper.method == "Radau"
+    assert type(make_integrator("rk4", fd, 0.01, "auto")) is RK4
+
+    @dataclass(frozen=True)
+    class Ridge(Sampler):  # a user's own initial data: defining it is registering it
+        name = "test_ridge"
+        height: float = 0.5
+
+        def _one(self, grid, rng):
+            return self.height * np.exp(-((grid.meshgrid()[0] - rng.uniform(0.3, 0.7)) / 0.1) ** 2)
+
+    try:
+        assert SAMPLERS["test_ridge"] is Ridge and make_sampler({"name": "test_ridge", "height": 2}).height == 2.0
+        cfg = GenerationConfig(pde="heat", n_trajectories=2, steps=2, grid={"shape": (16, 16)},
+                               initial={"name": "test_ridge", "height": 0.25})
+        frames = solve_batch(__import__("json").dumps(cfg.resolve().to_dict(), sort_keys=True), 0, 2)
+        assert 0.2 < frames[:, 0].max() <= 0.25
+    finally:
+        SAMPLERS.pop("test_ridge", None)
+
+
+def test_implicit_integrators_solve_the_whole_horizon_in_one_call_per_trajectory(monkeypatch, rng):
+    import scipy.integrate
+
+    calls = []
+    real = scipy.integrate.solve_ivp
+    monkeypatch.setattr(scipy.integrate, "solve_ivp", lambda *a, **k: calls.append(1) or real(*a, **k))
+    stepper = make_integrator("bdf", SemiDiscrete(catalogue.heat(), Grid((8, 8))), 0.01)
+    u = rng.random((2, 1, 8, 8))
+    frames, last = stepper.run(u, 4)
+    assert len(calls) == 2 and frames.shape == (2, 5, 1, 8, 8) and np.array_equal(frames[:, -1], last)
+    assert np.array_equal(stepper.rollout(u, 4), frames)

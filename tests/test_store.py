@@ -339,6 +339,24 @@ def test_batches_arriving_in_any_order_give_the_same_bytes(tmp_path, compression
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_compressed_batches_out_of_order_through_the_writer_child_keep_their_frames(tmp_path):
+    """Out-of-order batches wait for their turn; the shared buffer they came in is reused meanwhile."""
+    from datagen.writer import IsolatedWriter
+
+    grid = Grid((8, 8))
+    frames = np.random.default_rng(1).standard_normal((8, 3, 1, 8, 8)).astype(np.float32)
+    bounds = [(0, 2), (2, 4), (4, 6), (6, 8)]
+    meta = {"dataset_name": "fisher", "fields": ["u"], "parameters": {"a": 0.01, "r": 1.0}, "n_trajectories": 8,
+            "time": np.arange(3) * 0.1, "x": grid.x, "y": grid.y, "boundary": grid.to_dict()}
+    w = IsolatedWriter(tmp_path / "a.h5", meta, "{}", bounds, "gzip")
+    w.open(resume=False, overwrite=False)
+    for k in (1, 2, 3, 0):  # three wait for batch 0 while both buffers are refilled
+        a, b = bounds[k]
+        w.write(k, frames[a:b], np.zeros(b - a), np.ones(b - a, np.int64))
+    w.finish({})
+    np.testing.assert_array_equal(open_dataset_frames(tmp_path / "a.h5"), frames[:, :, 0])
+
+
 def open_dataset_frames(path):
     with h5py.File(path, "r") as f:
         assert "_datagen_partial" not in f and "datagen_batches_done" not in f.attrs

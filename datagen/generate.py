@@ -24,6 +24,7 @@ import numpy as np
 
 from .config import _SPLIT_NAME, GenerationConfig, check_split_name, trajectory_rng
 from .errors import DatagenError
+from .metadata import DatasetMetadata
 from .grid import Grid
 from .runner import progress_reporter, run_batches
 from .solver import MAX_REFINE, solve, solve_batch
@@ -90,11 +91,7 @@ def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers:
 
     cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
     bounds = [(s, min(s + cfg.batch_size, cfg.n_trajectories)) for s in range(0, cfg.n_trajectories, cfg.batch_size)]
-    meta = {
-        "dataset_name": cfg.pde, "fields": pde.fields, "parameters": pde.parameters,
-        "n_trajectories": cfg.n_trajectories, "time": cfg.dt * np.arange(cfg.steps + 1),
-        "x": grid.x, "y": grid.y, "boundary": cfg.grid,
-    }
+    meta = DatasetMetadata.for_run(cfg, pde, grid)
     partial = IsolatedWriter(out, meta, cfg_json, bounds, cfg.compression)
     try:
         todo = partial.open(resume, overwrite)

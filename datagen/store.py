@@ -27,11 +27,12 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from .errors import DatagenError
+from .metadata import DatasetMetadata
 
 __all__ = ["write_dataset", "create_layout", "write_frames", "read_provenance", "open_dataset", "validate",
            "ValidationReport", "FORMAT_VERSION", "dataset_file", "dataset_files", "split_path", "write_stats",
@@ -47,24 +48,28 @@ def _h5():
     return h5py
 
 
-def write_dataset(path: str | os.PathLike, batches: Iterable[np.ndarray], *, meta: dict[str, Any],
+def write_dataset(path: str | os.PathLike, batches: Iterable[np.ndarray], *,
+                  meta: DatasetMetadata | Mapping[str, Any], provenance: Mapping[str, Any],
                   compression: str = "none") -> Path:
     """Write trajectories to ``path`` atomically (a temporary name renamed on success).
 
     Args:
         path: final file name.
         batches: arrays ``(b, T, field, nx, ny)``, streamed to disk in order.
-        meta: ``dataset_name``, ``fields``, ``parameters`` (dict), ``n_trajectories``, ``time``,
-            ``x``, ``y`` (float64 arrays), ``boundary`` (grid dict) and ``provenance`` (dict).
+        meta: a :class:`~datagen.metadata.DatasetMetadata`, or its dict form: ``dataset_name``,
+            ``fields``, ``parameters`` (dict), ``n_trajectories``, ``time``, ``x``, ``y`` (float64
+            arrays) and ``boundary`` (grid dict).
+        provenance: the JSON-able record stored with the data (``config``, ``pde``, ...).
         compression: ``"none"`` (default), ``"gzip"`` or ``"lzf"``.
     """
     h5py = _h5()
+    meta = DatasetMetadata.from_mapping(meta)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with h5py.File(tmp, "w") as f:
             dsets = create_layout(f, meta, compression)
-            n_traj = int(meta["n_trajectories"])
+            n_traj = meta.n_trajectories
             start = 0
             for batch in batches:
                 b = batch.shape[0]
@@ -74,7 +79,7 @@ def write_dataset(path: str | os.PathLike, batches: Iterable[np.ndarray], *, met
                 start += b
             if start != n_traj:
                 raise DatagenError(f"only {start} of {n_traj} trajectories were provided")
-            f.attrs["provenance"] = json.dumps(meta["provenance"], sort_keys=True)
+            f.attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -82,17 +87,19 @@ def write_dataset(path: str | os.PathLike, batches: Iterable[np.ndarray], *, met
     return path
 
 
-def create_layout(f, meta: dict[str, Any], compression: str = "none", preallocate: bool = False) -> list:
+def create_layout(f, meta: DatasetMetadata | Mapping[str, Any], compression: str = "none",
+                  preallocate: bool = False) -> list:
     """Everything of a dataset but its frames and provenance, in the open file ``f``; returns
     the field datasets ``(n_traj, T, nx, ny)``. With ``preallocate`` (uncompressed only) every
     chunk is allocated now, so that frames can be written in any order into fixed places."""
     h5py = _h5()
     if compression not in COMPRESSIONS:
         raise DatagenError(f"unknown compression {compression!r}; choose one of {COMPRESSIONS}")
-    fields, params = list(meta["fields"]), dict(meta["parameters"])
-    n_traj, T = int(meta["n_trajectories"]), len(meta["time"])
-    nx, ny = len(meta["x"]), len(meta["y"])
-    f.attrs["dataset_name"] = meta["dataset_name"]
+    meta = DatasetMetadata.from_mapping(meta)
+    fields, params = list(meta.fields), dict(meta.parameters)
+    n_traj, T = meta.n_trajectories, len(meta.time)
+    nx, ny = len(meta.x), len(meta.y)
+    f.attrs["dataset_name"] = meta.dataset_name
     f.attrs["grid_type"] = "cartesian"
     f.attrs["n_spatial_dims"] = 2
     f.attrs["n_trajectories"] = n_traj
@@ -103,15 +110,15 @@ def create_layout(f, meta: dict[str, Any], compression: str = "none", preallocat
 
     dims = f.create_group("dimensions")
     dims.attrs["spatial_dims"] = ["x", "y"]
-    t = dims.create_dataset("time", data=np.asarray(meta["time"], np.float32))
+    t = dims.create_dataset("time", data=np.asarray(meta.time, np.float32))
     t.attrs["sample_varying"] = False
     for name in ("x", "y"):
-        d = dims.create_dataset(name, data=np.asarray(meta[name], np.float32))
+        d = dims.create_dataset(name, data=np.asarray(getattr(meta, name), np.float32))
         d.attrs["sample_varying"] = False
         d.attrs["time_varying"] = False
 
     bcs = f.create_group("boundary_conditions")
-    grid = meta["boundary"]
+    grid = meta.grid
     kind = grid["boundary"]
     bv = grid.get("boundary_value", 0.0)
     for name, n in (("x", nx), ("y", ny)):
@@ -447,6 +454,11 @@ def _check_provenance(f, prov: dict, rep: "ValidationReport") -> None:
                           f"{name!r}, config pde {cfg.get('pde')!r}")
         return
     try:
+        expected = DatasetMetadata.from_provenance(prov)
+    except DatagenError as exc:
+        rep.errors.append(str(exc))
+        return
+    try:
         stored = PDE.from_dict(spec)
         expect = (PDE.from_dict(cfg["spec"]) if cfg.get("spec") else
                   catalogue.make_pde(cfg["pde"], dict(cfg.get("params", {}))))
@@ -455,12 +467,11 @@ def _check_provenance(f, prov: dict, rep: "ValidationReport") -> None:
         return
     if stored.to_dict() != expect.to_dict():
         rep.errors.append(f"the stored PDE spec differs from {cfg['pde']} as the config defines it")
-    for k, v in stored.parameters.items():
-        if k in f.attrs and not np.isclose(float(f.attrs[k]), float(v), rtol=1e-12, atol=0):
-            rep.errors.append(f"root attribute {k}={float(f.attrs[k])!r} disagrees with the provenance ({v!r})")
-    if int(f.attrs["n_trajectories"]) != int(cfg.get("n_trajectories", -1)):
-        rep.errors.append(f"n_trajectories={int(f.attrs['n_trajectories'])} disagrees with the provenance "
-                          f"({cfg.get('n_trajectories')})")
+    # the file's own metadata against what its provenance implies: the writer's object, read back
+    try:
+        rep.errors.extend(expected.differences(DatasetMetadata.read(f)))
+    except KeyError as exc:
+        rep.errors.append(f"the file's metadata lacks {exc}")
 
 
 def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol: float = 1e-4,

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DatagenError
+from .metadata import DatasetMetadata
 from .store import create_layout, write_frames
 
 __all__ = ["PartialFile", "IsolatedWriter"]
@@ -38,9 +39,10 @@ CONFIG = "datagen_partial_config"
 class PartialFile:
     """The file under construction for ``out``: ``bounds`` are the batches' trajectory ranges."""
 
-    def __init__(self, out: Path, meta: dict[str, Any], cfg_json: str, bounds: list[tuple[int, int]],
+    def __init__(self, out: Path, meta: DatasetMetadata | dict[str, Any], cfg_json: str, bounds: list[tuple[int, int]],
                  compression: str) -> None:
         self.out, self.tmp = out, out.with_name(f".{out.name}.tmp")
+        meta = DatasetMetadata.from_mapping(meta)
         self.meta, self.cfg_json, self.bounds, self.compression = meta, cfg_json, bounds, compression
         self._f: Any = None
         self._pending: dict[int, tuple] = {}
@@ -72,7 +74,7 @@ class PartialFile:
         if stored != self.cfg_json or done is None or done.shape != (len(self.bounds),):
             self.close()
             raise DatagenError(f"{self.tmp} belongs to a run with other options; pass --overwrite to restart")
-        self._dsets = [self._f["t0_fields"][name] for name in self.meta["fields"]]
+        self._dsets = [self._f["t0_fields"][name] for name in self.meta.fields]
         self._done = done.astype(np.uint8)
         self._next = int(np.argmin(self._done)) if not self._done.all() else len(self.bounds)
         return [k for k in range(len(self.bounds)) if not self._done[k]]
@@ -91,7 +93,7 @@ class PartialFile:
             create_layout(f, self.meta, self.compression, preallocate=True)
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            n = int(self.meta["n_trajectories"])
+            n = self.meta.n_trajectories
             f.create_group(SCRATCH).create_dataset("reference", shape=(2, n), dtype=np.float64, dcpl=dcpl)
             f.attrs[CONFIG] = self.cfg_json
             f.attrs[DONE] = np.zeros(len(self.bounds), np.uint8)
@@ -163,15 +165,16 @@ class PartialFile:
 class IsolatedWriter:
     """:class:`PartialFile` run in a child process, with the same methods."""
 
-    def __init__(self, out: Path, meta: dict[str, Any], cfg_json: str, bounds: list[tuple[int, int]],
+    def __init__(self, out: Path, meta: DatasetMetadata | dict[str, Any], cfg_json: str, bounds: list[tuple[int, int]],
                  compression: str) -> None:
         import mmap
         import multiprocessing as mp
 
+        meta = DatasetMetadata.from_mapping(meta)
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         # two shared buffers of a batch's frames, made before the fork so that both processes map
         # them: a batch is copied in once and written from there while the next one is solved
-        self._frame_shape = (len(meta["time"]), len(meta["fields"]), len(meta["x"]), len(meta["y"]))
+        self._frame_shape = meta.frame_shape
         frame = int(np.prod(self._frame_shape)) * 4
         size = max(b - a for a, b in bounds) * frame
         self._buffers = [mmap.mmap(-1, max(size, 1)) for _ in range(2)] if ctx.get_start_method() == "fork" else []

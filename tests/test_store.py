@@ -103,11 +103,11 @@ def _write(path, frames, name="fisher", prov_name="fisher"):
     n, T = frames.shape[:2]
     grid = Grid((8, 8))
     meta = {"dataset_name": name, "fields": ["u"], "parameters": {"a": 0.01, "r": 1.0}, "n_trajectories": n,
-            "time": np.arange(T) * 0.1, "x": grid.x, "y": grid.y, "boundary": grid.to_dict(),
-            "provenance": {"config": {"pde": "fisher", "params": {}, "grid": grid.to_dict(), "dt": 0.1,
-                                      "n_trajectories": n},
-                           "pde": {**catalogue.fisher().to_dict(), "name": prov_name}}}
-    return write_dataset(path, [frames], meta=meta)
+            "time": np.arange(T) * 0.1, "x": grid.x, "y": grid.y, "boundary": grid.to_dict()}
+    prov = {"config": {"pde": "fisher", "params": {}, "grid": grid.to_dict(), "dt": 0.1, "steps": T - 1,
+                       "n_trajectories": n},
+            "pde": {**catalogue.fisher().to_dict(), "name": prov_name}}
+    return write_dataset(path, [frames], meta=meta, provenance=prov)
 
 
 def test_validator_flags_escapes_nan_and_stationary(tmp_path):
@@ -440,3 +440,36 @@ def test_a_tampered_stats_file_fails_validation(tmp_path):
     (tmp_path / "stats.yaml").unlink()
     p = subprocess.run([exe, "validate", str(tmp_path)], capture_output=True, text=True)
     assert p.returncode == 1 and "stats.yaml: invalid" in p.stdout
+
+
+def test_metadata_written_is_metadata_read_and_edits_are_found(tmp_path):
+    """One typed object lays the file out and is read back by the validator."""
+    from datagen.metadata import DatasetMetadata
+
+    good = generate(GenerationConfig(**SMALL), tmp_path / "a.h5")
+    prov = read_provenance(good)
+    want = DatasetMetadata.from_provenance(prov)
+    with h5py.File(good, "r") as f:
+        got = DatasetMetadata.read(f)
+        assert f["t0_fields"]["u"].shape == want.field_shape == (5, 7, 32, 32)
+    assert want.differences(got) == [] and want.frame_shape == (7, 1, 32, 32)
+    assert got.time[-1] == np.float32(6 * prov["config"]["dt"]) and got.parameters == {"a": 0.01, "r": 1.0}
+
+    def edited(change):
+        t = tmp_path / "t.h5"
+        t.write_bytes(good.read_bytes())
+        with h5py.File(t, "r+") as f:
+            change(f)
+        return validate(t).errors
+
+    def shift_x(f):
+        f["dimensions"]["x"][3] += np.float32(0.5)
+
+    assert any("dimensions/x disagrees" in e for e in edited(shift_x))
+    assert any("dimensions/time disagrees" in e
+               for e in edited(lambda f: f["dimensions"]["time"].__setitem__(slice(None), 0.0)))
+    assert any("root attribute r=2.0 disagrees" in e for e in edited(lambda f: f.attrs.__setitem__("r", 2.0)))
+    assert any("field 'u' has shape (5, 7, 32, 32), expected (4, 7, 32, 32)" in e
+               for e in edited(lambda f: f.attrs.__setitem__("n_trajectories", 4)))
+    with pytest.raises(DatagenError, match="incomplete dataset metadata"):
+        DatasetMetadata.from_mapping({"dataset_name": "x"})

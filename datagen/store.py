@@ -472,6 +472,8 @@ def _check_provenance(f, prov: dict, rep: "ValidationReport") -> None:
         rep.errors.extend(expected.differences(DatasetMetadata.read(f)))
     except KeyError as exc:
         rep.errors.append(f"the file's metadata lacks {exc}")
+    except (TypeError, ValueError, OSError) as exc:
+        rep.errors.append(f"the file's metadata is malformed ({type(exc).__name__}: {exc})")
 
 
 def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol: float = 1e-4,
@@ -497,141 +499,152 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
     with _open(path) as f:
         if "t0_fields" not in f and "provenance" not in f.attrs:
             _provenance(f, path)  # raises: a foreign HDF5 file, nothing of ours to check
-        for key in ("dataset_name", "grid_type", "n_spatial_dims", "n_trajectories", "simulation_parameters"):
-            if key not in f.attrs:
-                rep.errors.append(f"missing root attribute {key!r}")
-        for g in ("dimensions", "boundary_conditions", "scalars", "t0_fields", "t1_fields", "t2_fields"):
-            if g not in f:
-                rep.errors.append(f"missing group {g!r}")
-        if rep.errors:
-            return rep
-        for k in f.attrs["simulation_parameters"]:
-            if k not in f.attrs:
-                rep.errors.append(f"simulation parameter {k!r} has no root attribute")
         try:
-            prov = _provenance(f, path)
-        except DatagenError as exc:
-            rep.errors.append(str(exc))
-            return rep
-        dims = f["dimensions"]
-        missing = [k for k in ("time", "x", "y") if k not in dims]
-        if missing:
-            rep.errors.append(f"dimensions lacks {missing}")
-            return rep
-        T, nx, ny = dims["time"].shape[0], dims["x"].shape[0], dims["y"].shape[0]
-        n = int(f.attrs["n_trajectories"])
-        names = [str(s) for s in f["t0_fields"].attrs.get("field_names", [])]
-        if not names:
-            rep.errors.append("t0_fields lists no field_names")
-        for name in names:
-            if name not in f["t0_fields"]:
-                rep.errors.append(f"t0_fields lists {name!r} but has no such dataset")
-                continue
-            d = f["t0_fields"][name]
-            if d.shape != (n, T, nx, ny):
-                rep.errors.append(f"field {name!r} has shape {d.shape}, expected {(n, T, nx, ny)}")
-            if d.dtype != np.float32:
-                rep.errors.append(f"field {name!r} is {d.dtype}, expected float32")
-        rep.facts.update(n_trajectories=n, n_time=T, shape=(nx, ny), fields=names,
-                         pde=(prov.get("pde") or {}).get("name"))
-        if rep.errors:
-            return rep
-        _check_provenance(f, prov, rep)
-        if rep.errors:
-            return rep
-        from .pde import PDE
-
-        pde_spec = PDE.from_dict(prov["pde"])
-        t_end = float(np.asarray(dims["time"])[-1] - np.asarray(dims["time"])[0])
-
-        pde_name = prov.get("pde", {}).get("name")
-        bounds = _INVARIANT.get(pde_name)
-        grid = prov.get("config", {}).get("grid", {})
-        walls: list[float] = []
-        if grid.get("boundary") == "dirichlet":  # wall data enter the maximum principle
-            bv = grid.get("boundary_value", 0.0)
-            walls = [float(v) for v in (bv if isinstance(bv, list) else [bv])]
-            if bounds and any(not bounds[0] <= w <= bounds[1] for w in walls):
-                bounds = None
-        nonfinite, stationary, escaped, negative, unreadable, grown, offwall = [], [], [], [], [], [], []
-        ranges = {name: [np.inf, -np.inf] for name in names}
-        walls_max = max([abs(w) for w in walls], default=0.0)
-        for i in range(n):
-            try:
-                traj = np.stack([f["t0_fields"][name][i] for name in names], axis=1)  # (T, F, nx, ny)
-            except OSError:
-                unreadable.append(i)
-                continue
-            if not np.all(np.isfinite(traj)):
-                nonfinite.append(i)
-                continue
-            if walls:
-                for k in range(traj.shape[1]):
-                    g = walls[k] if k < len(walls) else walls[0]
-                    u0k = traj[0, k]
-                    edge = np.concatenate([u0k[0], u0k[-1], u0k[1:-1, 0], u0k[1:-1, -1]])
-                    spread = float(np.abs(u0k - g).max())
-                    if spread > 0 and float(np.abs(edge - g).mean()) > 0.25 * spread:
-                        offwall.append(i)
-                        break
-            m0 = max(float(np.abs(traj[0]).max()), walls_max)
-            limit = _growth_bound(pde_spec, m0, t_end)
-            if float(np.abs(traj).max()) > 1.1 * limit + 1e-6:
-                grown.append(i)
-            for k, name in enumerate(names):
-                ranges[name][0] = min(ranges[name][0], float(traj[:, k].min()))
-                ranges[name][1] = max(ranges[name][1], float(traj[:, k].max()))
-            if T >= 2:
-                scale = max(float(np.abs(traj[-1]).max()), 1e-30)
-                if float(np.abs(traj[-1] - traj[-2]).max()) <= stationary_tol * scale:
-                    stationary.append(i)
-            u0 = traj[0]
-            if bounds:
-                lo, hi = bounds
-            elif pde_name == "heat":
-                lo, hi = min([float(u0.min()), *walls]), max([float(u0.max()), *walls])
-            else:
-                lo, hi = None, None
-            if lo is not None:
-                tol = bound_tol * max(1.0, hi - lo)
-                if u0.min() >= lo - tol and u0.max() <= hi + tol:
-                    if traj.min() < lo - tol or traj.max() > hi + tol:
-                        escaped.append(i)
-                elif pde_name == "fisher" and u0.min() < 0:
-                    negative.append(i)
-        rep.facts["ranges"] = {k: tuple(v) for k, v in ranges.items()}
-        if unreadable:
-            rep.errors.append(f"{len(unreadable)} trajectories fail their checksum (bit rot or tampering; first: "
-                              f"{unreadable[0]})")
-        if grown:
-            rep.errors.append(f"{len(grown)} trajectories exceed the growth bound the PDE allows from their initial "
-                              f"data (first: {grown[0]}): corrupted values")
-        if nonfinite:
-            rep.errors.append(f"{len(nonfinite)} trajectories hold NaN or inf values (first: {nonfinite[0]})")
-        if escaped:
-            rep.errors.append(
-                f"{len(escaped)} trajectories leave the invariant range {bounds or 'of their initial data'} "
-                f"that they started in (first: {escaped[0]})"
-            )
-        if negative:
-            rep.warnings.append(
-                f"{len(negative)} of {n} Fisher trajectories start with negative values (min "
-                f"{ranges[names[0]][0]:.3g}): the reaction u(1-u) drives negative u down without bound "
-                "over long horizons; use an initial condition in [0, 1] for physical data"
-            )
-        if stationary:
-            rep.warnings.append(f"{len(stationary)} trajectories went stationary (first: {stationary[0]})")
-        ref_err = prov.get("reference_error") or {}
-        if ref_err and ref_err.get("worst", 0) > ref_err.get("tolerance", np.inf):
-            rep.warnings.append(f"the reference solver's estimated error {ref_err['worst']:.2g} exceeds its "
-                                f"tolerance {ref_err['tolerance']:.2g} (trajectory {ref_err.get('worst_trajectory')}): "
-                                "the substeps hit their cap; lower --dt")
-        if offwall:
-            rep.warnings.append(f"{len(offwall)} trajectories start away from their Dirichlet wall values at the "
-                                f"edge nodes (first: {offwall[0]}): the first steps then carry a boundary layer")
-        if deep and not rep.errors:
-            _deep_check(f, prov, names, n, deep, seed, rep)
+            _validate_open(f, path, rep, stationary_tol, bound_tol, deep, seed)
+        except (KeyError, TypeError, ValueError, OSError) as exc:
+            # an attribute or coordinate of the wrong kind: a crafted or edited file, one line
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            rep.errors.append(f"malformed metadata ({type(exc).__name__}: {text}): the file was edited or "
+                              "not written by datagen")
     return rep
+
+
+def _validate_open(f, path, rep: ValidationReport, stationary_tol: float, bound_tol: float, deep: int,
+                   seed: int | None) -> None:
+    for key in ("dataset_name", "grid_type", "n_spatial_dims", "n_trajectories", "simulation_parameters"):
+        if key not in f.attrs:
+            rep.errors.append(f"missing root attribute {key!r}")
+    for g in ("dimensions", "boundary_conditions", "scalars", "t0_fields", "t1_fields", "t2_fields"):
+        if g not in f:
+            rep.errors.append(f"missing group {g!r}")
+    if rep.errors:
+        return
+    for k in f.attrs["simulation_parameters"]:
+        if k not in f.attrs:
+            rep.errors.append(f"simulation parameter {k!r} has no root attribute")
+    try:
+        prov = _provenance(f, path)
+    except DatagenError as exc:
+        rep.errors.append(str(exc))
+        return
+    dims = f["dimensions"]
+    missing = [k for k in ("time", "x", "y") if k not in dims]
+    if missing:
+        rep.errors.append(f"dimensions lacks {missing}")
+        return
+    T, nx, ny = dims["time"].shape[0], dims["x"].shape[0], dims["y"].shape[0]
+    n = int(f.attrs["n_trajectories"])
+    names = [str(s) for s in f["t0_fields"].attrs.get("field_names", [])]
+    if not names:
+        rep.errors.append("t0_fields lists no field_names")
+    for name in names:
+        if name not in f["t0_fields"]:
+            rep.errors.append(f"t0_fields lists {name!r} but has no such dataset")
+            continue
+        d = f["t0_fields"][name]
+        if d.shape != (n, T, nx, ny):
+            rep.errors.append(f"field {name!r} has shape {d.shape}, expected {(n, T, nx, ny)}")
+        if d.dtype != np.float32:
+            rep.errors.append(f"field {name!r} is {d.dtype}, expected float32")
+    rep.facts.update(n_trajectories=n, n_time=T, shape=(nx, ny), fields=names,
+                     pde=(prov.get("pde") or {}).get("name"))
+    if rep.errors:
+        return
+    _check_provenance(f, prov, rep)
+    if rep.errors:
+        return
+    from .pde import PDE
+
+    pde_spec = PDE.from_dict(prov["pde"])
+    t_end = float(np.asarray(dims["time"])[-1] - np.asarray(dims["time"])[0])
+
+    pde_name = prov.get("pde", {}).get("name")
+    bounds = _INVARIANT.get(pde_name)
+    grid = prov.get("config", {}).get("grid", {})
+    walls: list[float] = []
+    if grid.get("boundary") == "dirichlet":  # wall data enter the maximum principle
+        bv = grid.get("boundary_value", 0.0)
+        walls = [float(v) for v in (bv if isinstance(bv, list) else [bv])]
+        if bounds and any(not bounds[0] <= w <= bounds[1] for w in walls):
+            bounds = None
+    nonfinite, stationary, escaped, negative, unreadable, grown, offwall = [], [], [], [], [], [], []
+    ranges = {name: [np.inf, -np.inf] for name in names}
+    walls_max = max([abs(w) for w in walls], default=0.0)
+    for i in range(n):
+        try:
+            traj = np.stack([f["t0_fields"][name][i] for name in names], axis=1)  # (T, F, nx, ny)
+        except OSError:
+            unreadable.append(i)
+            continue
+        if not np.all(np.isfinite(traj)):
+            nonfinite.append(i)
+            continue
+        if walls:
+            for k in range(traj.shape[1]):
+                g = walls[k] if k < len(walls) else walls[0]
+                u0k = traj[0, k]
+                edge = np.concatenate([u0k[0], u0k[-1], u0k[1:-1, 0], u0k[1:-1, -1]])
+                spread = float(np.abs(u0k - g).max())
+                if spread > 0 and float(np.abs(edge - g).mean()) > 0.25 * spread:
+                    offwall.append(i)
+                    break
+        m0 = max(float(np.abs(traj[0]).max()), walls_max)
+        limit = _growth_bound(pde_spec, m0, t_end)
+        if float(np.abs(traj).max()) > 1.1 * limit + 1e-6:
+            grown.append(i)
+        for k, name in enumerate(names):
+            ranges[name][0] = min(ranges[name][0], float(traj[:, k].min()))
+            ranges[name][1] = max(ranges[name][1], float(traj[:, k].max()))
+        if T >= 2:
+            scale = max(float(np.abs(traj[-1]).max()), 1e-30)
+            if float(np.abs(traj[-1] - traj[-2]).max()) <= stationary_tol * scale:
+                stationary.append(i)
+        u0 = traj[0]
+        if bounds:
+            lo, hi = bounds
+        elif pde_name == "heat":
+            lo, hi = min([float(u0.min()), *walls]), max([float(u0.max()), *walls])
+        else:
+            lo, hi = None, None
+        if lo is not None:
+            tol = bound_tol * max(1.0, hi - lo)
+            if u0.min() >= lo - tol and u0.max() <= hi + tol:
+                if traj.min() < lo - tol or traj.max() > hi + tol:
+                    escaped.append(i)
+            elif pde_name == "fisher" and u0.min() < 0:
+                negative.append(i)
+    rep.facts["ranges"] = {k: tuple(v) for k, v in ranges.items()}
+    if unreadable:
+        rep.errors.append(f"{len(unreadable)} trajectories fail their checksum (bit rot or tampering; first: "
+                          f"{unreadable[0]})")
+    if grown:
+        rep.errors.append(f"{len(grown)} trajectories exceed the growth bound the PDE allows from their initial "
+                          f"data (first: {grown[0]}): corrupted values")
+    if nonfinite:
+        rep.errors.append(f"{len(nonfinite)} trajectories hold NaN or inf values (first: {nonfinite[0]})")
+    if escaped:
+        rep.errors.append(
+            f"{len(escaped)} trajectories leave the invariant range {bounds or 'of their initial data'} "
+            f"that they started in (first: {escaped[0]})"
+        )
+    if negative:
+        rep.warnings.append(
+            f"{len(negative)} of {n} Fisher trajectories start with negative values (min "
+            f"{ranges[names[0]][0]:.3g}): the reaction u(1-u) drives negative u down without bound "
+            "over long horizons; use an initial condition in [0, 1] for physical data"
+        )
+    if stationary:
+        rep.warnings.append(f"{len(stationary)} trajectories went stationary (first: {stationary[0]})")
+    ref_err = prov.get("reference_error") or {}
+    if ref_err and ref_err.get("worst", 0) > ref_err.get("tolerance", np.inf):
+        rep.warnings.append(f"the reference solver's estimated error {ref_err['worst']:.2g} exceeds its "
+                            f"tolerance {ref_err['tolerance']:.2g} (trajectory {ref_err.get('worst_trajectory')}): "
+                            "the substeps hit their cap; lower --dt")
+    if offwall:
+        rep.warnings.append(f"{len(offwall)} trajectories start away from their Dirichlet wall values at the "
+                            f"edge nodes (first: {offwall[0]}): the first steps then carry a boundary layer")
+    if deep and not rep.errors:
+        _deep_check(f, prov, names, n, deep, seed, rep)
 
 
 def _deep_check(f, prov: dict, names: list[str], n: int, samples: int, seed: int | None,

@@ -473,3 +473,13 @@ def test_metadata_written_is_metadata_read_and_edits_are_found(tmp_path):
                for e in edited(lambda f: f.attrs.__setitem__("n_trajectories", 4)))
     with pytest.raises(DatagenError, match="incomplete dataset metadata"):
         DatasetMetadata.from_mapping({"dataset_name": "x"})
+    # metadata of the wrong kind (a crafted file): one line each, no traceback
+    def strings_for_x(f):
+        del f["dimensions"]["x"]
+        f["dimensions"].create_dataset("x", data=np.array([b"a"] * 32))
+
+    for change in (lambda f: f.attrs.__setitem__("simulation_parameters", 5),
+                   lambda f: f.attrs.__setitem__("a", "zzz"), strings_for_x,
+                   lambda f: f["t0_fields"].attrs.__setitem__("field_names", 3)):
+        errors = edited(change)
+        assert len(errors) == 1 and "malformed" in errors[0] and "\n" not in errors[0], errors

@@ -13,11 +13,13 @@ exponential integrators split off, and the stability eigenvalues are shared.
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import ducc0
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 from .errors import DatagenError
 from .grid import Grid
@@ -281,6 +283,8 @@ class FiniteDifference(SemiDiscrete):
 
     def jacobian(self, u: np.ndarray) -> sp.csr_matrix:
         """Sparse dF/dU at one state ``u (field, x, y)``, on the C-order flattening of ``u``."""
+        import scipy.sparse as sp  # here, not at import: the CLI and workers start faster without it
+
         self._check(u)
         if u.ndim != 3:
             raise DatagenError(f"jacobian takes one state (field, x, y), got shape {u.shape}")
@@ -306,6 +310,8 @@ class FiniteDifference(SemiDiscrete):
         return sp.bmat(blocks, format="csr")
 
     def _operator(self, order: tuple[int, int]) -> sp.csr_matrix:
+        import scipy.sparse as sp
+
         ax = matrix_1d(self.grid, 0, order[0], self.accuracy)
         ay = matrix_1d(self.grid, 1, order[1], self.accuracy)
         return sp.kron(ax, ay, format="csr")

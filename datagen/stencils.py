@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from fractions import Fraction
 from functools import lru_cache
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 from .errors import DatagenError
 from .grid import Grid
@@ -164,4 +166,6 @@ def matrix_1d(grid: Grid, axis: int, order: int, accuracy: int) -> sp.csr_matrix
     padded = zero_grid.pad(eye[:, None, :, None] * np.ones((1, 1, 1, 3)), (r, 0))[:, 0, :, 0]
     # padded[c, :] is column c of the identity with ghost cells; apply the stencil along axis 1.
     cols = apply_1d(padded, order, accuracy, axis=1, pad=r, n=n, h=grid.spacing[axis])
+    import scipy.sparse as sp  # here, not at import: the CLI and workers start faster without it
+
     return sp.csr_matrix(cols.T)

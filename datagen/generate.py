@@ -92,7 +92,10 @@ def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers:
     cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
     bounds = [(s, min(s + cfg.batch_size, cfg.n_trajectories)) for s in range(0, cfg.n_trajectories, cfg.batch_size)]
     meta = DatasetMetadata.for_run(cfg, pde, grid)
-    partial = IsolatedWriter(out, meta, cfg_json, bounds, cfg.compression)
+    # local workers solve into shared slots: as many as can be in flight, plus the one being
+    # written and the one just finished
+    slots = min(2 * workers, len(bounds)) + 2 if workers > 1 and not scheduler else 2
+    partial = IsolatedWriter(out, meta, cfg_json, bounds, cfg.compression, slots=slots)
     try:
         todo = partial.open(resume, overwrite)
     except OSError as exc:
@@ -121,7 +124,7 @@ def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers:
 
     try:
         for k, (arr, est, used) in run_batches(cfg_json, [bounds[k] for k in todo], todo, workers, scheduler,
-                                               partial.buffer):
+                                               partial.buffer, partial):
             partial.write(k, arr, est, used)
             report(bounds[k][1] - bounds[k][0])
         partial.finish(provenance)
@@ -213,14 +216,16 @@ def _available_memory() -> int | None:
 
 
 def _check_memory(cfg: GenerationConfig, n_fields: int, grid: Grid, workers: int) -> None:
-    """Refuse before allocating when a batch cannot fit: each worker holds its batch's float32
-    frames (twice on the step-doubling reference path) and about ten float64 states of stepper
-    temporaries, and the writer shares two batches of frames with this process."""
+    """Refuse before allocating when a batch cannot fit: each worker holds about ten float64
+    states of stepper temporaries (and a second set of frames on the step-doubling reference
+    path), and the writer shares two batches of frames with this process, or 2 x workers + 2
+    with local workers, which solve into them."""
     frame = n_fields * grid.n_cells
     try:
         batch = min(int(cfg.batch_size), int(cfg.n_trajectories))
+        slots = 2 * workers + 2 if workers > 1 else 2
         need = (workers * batch * frame * ((int(cfg.steps) + 1) * 8 + 10 * 8)
-                + 2 * batch * frame * (int(cfg.steps) + 1) * 4)
+                + slots * batch * frame * (int(cfg.steps) + 1) * 4)
     except (TypeError, ValueError):
         return  # malformed counts: resolve() reports them
     avail = _available_memory()

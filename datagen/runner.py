@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+import numpy as np
+
 from .errors import DatagenError
 from .solver import solve_batch
 
@@ -35,10 +37,23 @@ def progress_reporter(progress, total: int, label: str = "generate"):
     return lambda n: None
 
 
+_SLOTS: list = []  # the writer's shared frame buffers, inherited by forked workers
+
+
+def _solve_in_slot(cfg_json: str, start: int, stop: int, slot: int, frame_shape: tuple[int, ...]):
+    """Worker side: solve into shared buffer ``slot``; only the estimates travel back."""
+    out = np.ndarray((stop - start, *frame_shape), np.float32, buffer=_SLOTS[slot])
+    _, est, used = solve_batch(cfg_json, start, stop, True, out)
+    return est, used
+
+
 def run_batches(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], workers: int, scheduler: str | None,
-                buffer=None):
+                buffer=None, writer=None):
     """Yield ``(key, batch)`` as batches finish, keeping at most 2 x workers in flight. In this
-    process, ``buffer(n)`` (when given) provides the array to solve ``n`` trajectories into."""
+    process, ``buffer(n)`` (when given) provides the array to solve ``n`` trajectories into. With
+    local workers and a ``writer`` with enough shared slots, workers solve into the slots and a
+    batch is yielded as a :class:`~datagen.writer.Slot`; the caller hands each one to the writer
+    before asking for the next (that is what frees the one before it)."""
     if scheduler:
         try:
             from distributed import Client, as_completed
@@ -74,6 +89,14 @@ def run_batches(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], w
 
     # fork where available: spawn re-imports __main__, which fails for notebooks and stdin scripts
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    shared = ctx is not None and writer is not None and len(writer.slots) >= min(2 * workers, len(bounds)) + 2
+    if shared:
+        from .writer import Slot
+
+        global _SLOTS
+        _SLOTS = writer.slots  # before the pool forks its workers
+    # a slot is busy from its submission until the write after its own has been sent
+    free, written = list(range(len(_SLOTS))) if shared else [], None
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
                              initargs=(os.getpid(),)) as ex:
         pending: dict = {}
@@ -81,10 +104,22 @@ def run_batches(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], w
         while queue or pending:
             while queue and len(pending) < 2 * workers:
                 k, (a, b) = queue.pop(0)
-                pending[ex.submit(solve_batch, cfg_json, a, b, True)] = k
+                if shared:
+                    s = free.pop()
+                    pending[ex.submit(_solve_in_slot, cfg_json, a, b, s, writer.frame_shape)] = (k, s, b - a)
+                else:
+                    pending[ex.submit(solve_batch, cfg_json, a, b, True)] = (k, None, b - a)
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
-                yield pending.pop(fut), fut.result()
+                k, s, n = pending.pop(fut)
+                if not shared:
+                    yield k, fut.result()
+                    continue
+                est, used = fut.result()
+                yield k, (Slot(s, n), est, used)
+                if written is not None:
+                    free.append(written)
+                written = s
 
 
 def _die_with_parent(parent: int) -> None:

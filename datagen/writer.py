@@ -21,7 +21,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from .errors import DatagenError
 from .metadata import DatasetMetadata
 from .store import create_layout, write_frames
 
-__all__ = ["PartialFile", "IsolatedWriter"]
+__all__ = ["PartialFile", "IsolatedWriter", "Slot"]
 
 SCRATCH = "_datagen_partial"
 DONE = "datagen_batches_done"
@@ -162,22 +162,34 @@ class PartialFile:
             self.tmp.unlink(missing_ok=True)
 
 
+class Slot(NamedTuple):
+    """Frames of ``n`` trajectories already in shared buffer ``index`` (see :attr:`IsolatedWriter.slots`)."""
+
+    index: int
+    n: int
+
+
 class IsolatedWriter:
-    """:class:`PartialFile` run in a child process, with the same methods."""
+    """:class:`PartialFile` run in a child process, with the same methods.
+
+    ``slots`` shared buffers of a batch's frames are made before the fork, so that the child, and
+    worker processes forked later, map them: a batch is solved into one (or copied in once) and
+    written from there while the next one is solved.
+    """
 
     def __init__(self, out: Path, meta: DatasetMetadata | dict[str, Any], cfg_json: str, bounds: list[tuple[int, int]],
-                 compression: str) -> None:
+                 compression: str, slots: int = 2) -> None:
         import mmap
         import multiprocessing as mp
 
         meta = DatasetMetadata.from_mapping(meta)
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        # two shared buffers of a batch's frames, made before the fork so that both processes map
-        # them: a batch is copied in once and written from there while the next one is solved
         self._frame_shape = meta.frame_shape
         frame = int(np.prod(self._frame_shape)) * 4
         size = max(b - a for a, b in bounds) * frame
-        self._buffers = [mmap.mmap(-1, max(size, 1)) for _ in range(2)] if ctx.get_start_method() == "fork" else []
+        n_slots = max(2, int(slots))
+        self._buffers = ([mmap.mmap(-1, max(size, 1)) for _ in range(n_slots)]
+                         if ctx.get_start_method() == "fork" else [])
         self._turn = 0
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child, self._conn, (out, meta, cfg_json, bounds, compression),
@@ -236,10 +248,26 @@ class IsolatedWriter:
             return None
         return np.ndarray((n, *self._frame_shape), np.float32, buffer=self._buffers[self._turn])
 
-    def write(self, k: int, frames: np.ndarray, est: np.ndarray, used: np.ndarray) -> None:
-        """As :meth:`PartialFile.write`; the frames travel as raw bytes."""
-        frames = np.asarray(frames, np.float32)
+    @property
+    def slots(self) -> list:
+        """The shared frame buffers (empty without fork), for worker processes forked after this
+        writer: a worker solves into one and the batch is passed on as a :class:`Slot`."""
+        return self._buffers
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """One trajectory's frames ``(time, field, x, y)``."""
+        return self._frame_shape
+
+    def write(self, k: int, frames: np.ndarray | Slot, est: np.ndarray, used: np.ndarray) -> None:
+        """As :meth:`PartialFile.write`; the frames travel as raw bytes, or stay in their shared
+        buffer when given as a :class:`Slot` (free again once the next request is sent)."""
         est, used = np.asarray(est, np.float64), np.asarray(used, np.int64)
+        if isinstance(frames, Slot):
+            self._collect()
+            self._call("write", k, (frames.n, *self._frame_shape), frames.index, data=(est, used), wait=False)
+            return
+        frames = np.asarray(frames, np.float32)
         if not self._buffers:  # no fork: the frames travel through the pipe
             self._call("write", k, frames.shape, None, data=(frames, est, used), wait=False)
             return

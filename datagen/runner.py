@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -91,10 +92,23 @@ def run_batches(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], w
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
     shared = ctx is not None and writer is not None and len(writer.slots) >= min(2 * workers, len(bounds)) + 2
     if shared:
-        from .writer import Slot
-
         global _SLOTS
         _SLOTS = writer.slots  # before the pool forks its workers
+    try:
+        yield from _local_pool(cfg_json, bounds, keys, workers, ctx, writer if shared else None)
+    except BrokenProcessPool:
+        # a worker killed from outside (the OOM killer, a signal): the batches written so far stay
+        err = DatagenError("a worker process died (killed from outside, or out of memory?); the finished "
+                           "batches are kept: rerun with --resume (and fewer --workers or a smaller --batch-size "
+                           "if memory ran out)")
+        err.resumable = True
+        raise err from None
+
+
+def _local_pool(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], workers: int, ctx, writer):
+    shared = writer is not None
+    if shared:
+        from .writer import Slot
     # a slot is busy from its submission until the write after its own has been sent
     free, written = list(range(len(_SLOTS))) if shared else [], None
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,

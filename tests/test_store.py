@@ -79,6 +79,32 @@ def test_workers_solving_into_shared_slots_give_the_same_bytes(tmp_path, compres
         assert len(runner._SLOTS) == 2 * w + 2  # the shared path, not frames pickled back
 
 
+def _solve_or_die(cfg_json, start, stop, with_errors=False, out=None):
+    """A worker that the OOM killer takes while it solves trajectory 6."""
+    import os
+    import signal
+
+    from datagen.solver import solve_batch
+
+    if start == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return solve_batch(cfg_json, start, stop, with_errors, out)
+
+
+def test_a_killed_worker_is_one_line_and_the_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    from datagen import runner
+
+    cfg = GenerationConfig(**{**SMALL, "n_trajectories": 11, "batch_size": 1})
+    ref = digest(generate(cfg, tmp_path / "ref.h5"))
+    out = tmp_path / "w.h5"
+    with monkeypatch.context() as m:
+        m.setattr(runner, "solve_batch", _solve_or_die)  # the forked workers inherit it
+        with pytest.raises(DatagenError, match="a worker process died .* rerun with --resume") as info:
+            generate(cfg, out, workers=2)
+    assert info.value.resumable and not out.exists() and (tmp_path / ".w.h5.tmp").exists()
+    assert digest(generate(cfg, out, workers=2, resume=True)) == ref
+
+
 def test_batch_rng_is_independent_of_batch_size(tmp_path):
     a = open_dataset(generate(GenerationConfig(**SMALL), tmp_path / "a.h5"))
     b = open_dataset(generate(GenerationConfig(**{**SMALL, "batch_size": 5}), tmp_path / "b.h5"))

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from ._registry import register
 from .errors import DatagenError
 from .grid import Grid
 
@@ -32,7 +33,7 @@ class Sampler:
         # a subclass with a name is a sampler make_sampler knows (and GenerationConfig's initial)
         super().__init_subclass__(**kw)
         if cls.name:
-            SAMPLERS[cls.name] = cls
+            register(SAMPLERS, cls.name, cls, "initial condition")
 
     def sample(self, grid: Grid, n_fields: int, rng: np.random.Generator) -> np.ndarray:
         """One initial state ``(n_fields, nx, ny)``; each field drawn in turn from ``rng``.

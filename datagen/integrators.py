@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._registry import register
 from .errors import DatagenError
 from .semidiscrete import SemiDiscrete, irfft2, rfft2
 
@@ -83,7 +84,7 @@ class _Stepper:
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         for name in cls.names or ((cls.name,) if cls.name else ()):
-            _Stepper._registry[name] = cls
+            register(_Stepper._registry, name, cls, "integrator")
 
     @classmethod
     def create(cls, name: str, sd: SemiDiscrete, dt: float, substeps: int | str, *, check_stability: bool,

@@ -21,6 +21,7 @@ import numpy as np
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
+from ._registry import register
 from .errors import DatagenError
 from .grid import Grid
 from .pde import PDE, Derivative, Term
@@ -68,7 +69,7 @@ class SemiDiscrete:
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if cls.method:
-            SemiDiscrete._registry[cls.method] = cls
+            register(SemiDiscrete._registry, cls.method, cls, "space discretisation")
 
     def __new__(cls, *args: Any, **kwargs: Any) -> SemiDiscrete:
         if cls is SemiDiscrete:

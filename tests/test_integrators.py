@@ -333,6 +333,14 @@ def test_space_discretisations_and_integrators_are_registered_by_name(tmp_path, 
         def _one(self, grid, rng):
             return self.height * np.exp(-((grid.meshgrid()[0] - rng.uniform(0.3, 0.7)) / 0.1) ** 2)
 
+    with pytest.raises(DatagenError, match="initial condition name 'sincos' is taken by datagen.initial.SinCos"):
+        @dataclass(frozen=True)
+        class MySinCos(Sampler):  # would have replaced the built-in silently
+            name = "sincos"
+
+            def _one(self, grid, rng):
+                return np.zeros(grid.shape)
+    assert SAMPLERS["sincos"] is __import__("datagen").initial.SinCos
     try:
         assert SAMPLERS["test_ridge"] is Ridge and make_sampler({"name": "test_ridge", "height": 2}).height == 2.0
         cfg = GenerationConfig(pde="heat", n_trajectories=2, steps=2, grid={"shape": (16, 16)},

@@ -111,6 +111,11 @@ def _local_pool(cfg_json: str, bounds: list[tuple[int, int]], keys: list[int], w
         from .writer import Slot
     # a slot is busy from its submission until the write after its own has been sent
     free, written = list(range(len(_SLOTS))) if shared else [], None
+    if ctx is not None and bounds:
+        # build the stepper here (numba's load, ETDRK4's coefficients) by solving one trajectory
+        # for nothing: forked workers inherit it instead of each paying for it
+        a = bounds[0][0]
+        solve_batch(cfg_json, a, a + 1)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
                              initargs=(os.getpid(),)) as ex:
         pending: dict = {}

@@ -264,7 +264,8 @@ def make_sampler(spec: Mapping[str, Any] | Sampler) -> Sampler:
     spec = dict(spec)
     name = spec.pop("name", None)
     if name not in SAMPLERS:
-        raise DatagenError(f"unknown initial condition {name!r}; choose one of: {', '.join(SAMPLERS)}")
+        raise DatagenError(f"unknown initial condition {name!r}; choose one of: {', '.join(SAMPLERS)} (a Sampler "
+                           "subclass of your own registers its name when its module is imported)")
     cls = SAMPLERS[name]
     known = {f.name: f.type for f in fields(cls)}
     unknown = set(spec) - set(known)

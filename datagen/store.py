@@ -501,6 +501,8 @@ def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol
             _provenance(f, path)  # raises: a foreign HDF5 file, nothing of ours to check
         try:
             _validate_open(f, path, rep, stationary_tol, bound_tol, deep, seed)
+        except DatagenError:
+            raise  # says itself what is wrong (say, --deep cannot rebuild a user's sampler)
         except (KeyError, TypeError, ValueError, OSError) as exc:
             # an attribute or coordinate of the wrong kind: a crafted or edited file, one line
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

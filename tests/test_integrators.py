@@ -347,8 +347,14 @@ def test_space_discretisations_and_integrators_are_registered_by_name(tmp_path, 
                                initial={"name": "test_ridge", "height": 0.25})
         frames = solve_batch(__import__("json").dumps(cfg.resolve().to_dict(), sort_keys=True), 0, 2)
         assert 0.2 < frames[:, 0].max() <= 0.25
+        path = __import__("datagen").generate(cfg, tmp_path / "ridge.h5")
+        assert __import__("datagen").validate(path, deep=1).ok
     finally:
         SAMPLERS.pop("test_ridge", None)
+    # without the class (a fresh process), regenerating says so in one line (not "malformed metadata")
+    __import__("datagen").solver._build.cache_clear()
+    with pytest.raises(DatagenError, match="unknown initial condition 'test_ridge'.*registers its name"):
+        __import__("datagen").validate(path, deep=1)
 
 
 def test_implicit_integrators_solve_the_whole_horizon_in_one_call_per_trajectory(monkeypatch, rng):

@@ -10,9 +10,11 @@ fixed addresses, so batches may arrive in any order; compressed ones are written
 (their sizes vary). Either way an interrupted and resumed run produces the same bytes as an
 uninterrupted one.
 
-All HDF5 calls run in a writer child process (:class:`IsolatedWriter`) that receives the frames
-as raw bytes: when a write fails (a full disk), libhdf5 keeps the file open and can crash the
-interpreter at exit, and a child confines that to itself; the parent prints one line.
+All HDF5 calls run in a writer child process (:class:`IsolatedWriter`): when a write fails (a
+full disk), libhdf5 keeps the file open and can crash the interpreter at exit, and a child
+confines that to itself; the parent prints one line. The frames reach the child through shared
+memory made before the fork: batches are solved straight into those buffers (by this process or
+by local workers forked after the writer) and only their index crosses the pipe.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ t = time.perf_counter()
 from datagen import GenerationConfig, generate
 cfg = GenerationConfig(n_trajectories={n}, batch_size=32, integrator="{integ}", substeps={sub!r}, method="{method}",
                        accuracy=2 if "{method}" == "fd" else None, backend="{backend}", split="bench")
-generate(cfg, sys.argv[1], overwrite=True, workers={workers})
+generate(cfg, sys.argv[1], overwrite=True, workers={workers}, sync={sync})
 print(time.perf_counter() - t)
 """
 
@@ -186,11 +186,12 @@ print(time.perf_counter() - t)
 def bench_dataset(n_traj: int, tmp: str) -> list[dict]:
     rows = []
     runs = [("datagen euler fd2 (numba)", DATASET_OURS.format(n=n_traj, integ="euler", sub=1, method="fd", backend="numba",
-                                                                 workers=1)),
+                                                                 workers=1, sync=True)),
             ("datagen euler fd2 (numpy)", DATASET_OURS.format(n=n_traj, integ="euler", sub=1, method="fd", backend="numpy",
-                                                              workers=1)),
+                                                              workers=1, sync=True)),
             ("datagen default reference (spectral etdrk4)",
-             DATASET_OURS.format(n=n_traj, integ="reference", sub=1, method="spectral", backend="numpy", workers=1)),
+             DATASET_OURS.format(n=n_traj, integ="reference", sub=1, method="spectral", backend="numpy", workers=1,
+                                 sync=True)),
             ("py-pde euler (compile + reused stepper)", DATASET_PYPDE.format(n=n_traj))]
     for label, code in runs:
         p = subprocess.run([sys.executable, "-c", textwrap.dedent(code), f"{tmp}/{len(rows)}.h5"],
@@ -247,10 +248,11 @@ def bench_end_to_end(n_traj: int, tmp: str) -> list[dict]:
     # the least traffic: each substep reads and writes the float64 state once; frames written once as float32
     bound = (cells * steps * substeps * 16 + cells * (steps + 1) * 4) / bw
     runs = [("plain numpy script (all at once, h5py)", PLAIN_SCRIPT.format(n=n_traj))]
-    for backend, workers in (("numpy", 1), ("numba", 1), ("numpy", 2)):
-        runs.append((f"datagen generate ({backend}, {workers} worker{'s' * (workers > 1)})",
+    # sync=False skips only the fsync before the rename, which the script does not do either
+    for backend, workers, sync in (("numpy", 1, True), ("numba", 1, True), ("numba", 1, False), ("numpy", 2, True)):
+        runs.append((f"datagen generate ({backend}, {workers} worker{'s' * (workers > 1)}{'' if sync else ', no sync'})",
                      DATASET_OURS.format(n=n_traj, integ="euler", sub=substeps, method="fd", backend=backend,
-                                         workers=workers)))
+                                         workers=workers, sync=sync)))
     # peak resident memory of the process (VmHWM: ru_maxrss would carry this benchmark's own peak
     # over the exec) and of its largest child (writer, workers), in kB
     rss = ("\nimport resource, re\nhwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
@@ -261,6 +263,9 @@ def bench_end_to_end(n_traj: int, tmp: str) -> list[dict]:
         path = f"{tmp}/e2e{k}.h5"
         times, peaks = [], []
         for _ in range(3):
+            # each run writes a new file: replacing the last run's 420 MB costs 0.1-0.25 s on ext4
+            # (freeing its blocks, and a forced write-back on rename over it), which is not generation
+            Path(path).unlink(missing_ok=True)
             p = subprocess.run([sys.executable, "-c", textwrap.dedent(code) + rss, path], capture_output=True,
                                text=True, cwd=tmp)
             if p.returncode != 0:
@@ -285,7 +290,8 @@ def bench_end_to_end(n_traj: int, tmp: str) -> list[dict]:
     for r in rows:
         r["speed_vs_script"] = rows[0]["seconds"] / r["seconds"]
     # flat in the number of trajectories: the same run with four times as many
-    big = DATASET_OURS.format(n=4 * n_traj, integ="euler", sub=substeps, method="fd", backend="numpy", workers=1)
+    big = DATASET_OURS.format(n=4 * n_traj, integ="euler", sub=substeps, method="fd", backend="numpy", workers=1,
+                              sync=True)
     p = subprocess.run([sys.executable, "-c", textwrap.dedent(big) + rss, f"{tmp}/big.h5"], capture_output=True,
                        text=True, cwd=tmp)
     if p.returncode == 0:

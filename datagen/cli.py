@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://127.0.0.1:8786")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run")
     g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    g.add_argument("--no-sync", dest="sync", action="store_false",
+                   help="skip the fsync before a finished file takes its name (faster; for scratch output: a power "
+                        "cut can then leave a truncated file, which `datagen validate` reports)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
     g.add_argument("-v", "--verbose", action="store_true", help="also print the resolved configuration")
 
@@ -175,7 +178,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .store import read_provenance
 
     kwargs = dict(workers=a.workers, scheduler=a.scheduler, resume=a.resume, overwrite=a.overwrite,
-                  progress=not a.quiet and sys.stderr.isatty())
+                  progress=not a.quiet and sys.stderr.isatty(), sync=a.sync)
     if a.from_file:
         defaults = build_parser().parse_args(["generate", "--out", "."])
         given = [f"--{k.replace('_', '-')}" for k in FROM_CONFLICTS if getattr(a, k) != getattr(defaults, k)]

@@ -50,7 +50,7 @@ def _versions() -> dict[str, str]:
 
 def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int = 1, scheduler: str | None = None,
              resume: bool = False, overwrite: bool = False,
-             progress: Callable[[int, int], None] | bool = False) -> Path:
+             progress: Callable[[int, int], None] | bool = False, sync: bool = True) -> Path:
     """Generate one split into the HDF5 file ``out``; returns its path.
 
     Args:
@@ -62,6 +62,9 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
         overwrite: replace an existing output (and discard an interrupted run's work).
         progress: ``True`` for a progress bar on stderr, or a callback ``(done, total)`` counting
             trajectories.
+        sync: flush the finished file to disk (fsync) before it takes its name, so that a power
+            cut never leaves a truncated file under the final name; ``False`` saves that wait
+            (about 0.2 s per 400 MB here) where the output is scratch.
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -82,11 +85,11 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
             if resume:
                 return _finished(config, out)
             raise DatagenError(f"{out} exists; pass --overwrite to replace it")
-        return _generate_locked(cfg, out, pde, grid, workers, scheduler, resume, overwrite, progress)
+        return _generate_locked(cfg, out, pde, grid, workers, scheduler, resume, overwrite, progress, sync)
 
 
 def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers: int, scheduler: str | None,
-                     resume: bool, overwrite: bool, progress) -> Path:
+                     resume: bool, overwrite: bool, progress, sync: bool = True) -> Path:
     from .writer import IsolatedWriter
 
     cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
@@ -95,7 +98,7 @@ def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers:
     # local workers solve into shared slots: as many as can be in flight, plus the one being
     # written and the one just finished
     slots = min(2 * workers, len(bounds)) + 2 if workers > 1 and not scheduler else 2
-    partial = IsolatedWriter(out, meta, cfg_json, bounds, cfg.compression, slots=slots)
+    partial = IsolatedWriter(out, meta, cfg_json, bounds, cfg.compression, slots=slots, sync=sync)
     try:
         todo = partial.open(resume, overwrite)
     except OSError as exc:

@@ -5,9 +5,9 @@ fields every chunk, allocated once) is made first; then each finished batch is w
 fixed place, its reference-error estimates into a scratch group, and its index into the
 ``datagen_batches_done`` record, flushed in that order: a killed run leaves a file whose record
 lists only whole batches, and ``--resume`` solves the rest. At the end the scratch group and the
-record go, the provenance is written, the file is synced and renamed. Uncompressed chunks have
-fixed addresses, so batches may arrive in any order; compressed ones are written in index order
-(their sizes vary). Either way an interrupted and resumed run produces the same bytes as an
+record go, the provenance is written, the file is synced (unless ``sync=False``) and renamed.
+Uncompressed chunks have fixed addresses, so batches may arrive in any order; compressed ones
+are written in index order (their sizes vary). Either way an interrupted and resumed run produces the same bytes as an
 uninterrupted one.
 
 All HDF5 calls run in a writer child process (:class:`IsolatedWriter`): when a write fails (a
@@ -42,8 +42,9 @@ class PartialFile:
     """The file under construction for ``out``: ``bounds`` are the batches' trajectory ranges."""
 
     def __init__(self, out: Path, meta: DatasetMetadata | dict[str, Any], cfg_json: str, bounds: list[tuple[int, int]],
-                 compression: str) -> None:
+                 compression: str, sync: bool = True) -> None:
         self.out, self.tmp = out, out.with_name(f".{out.name}.tmp")
+        self.sync = sync
         meta = DatasetMetadata.from_mapping(meta)
         self.meta, self.cfg_json, self.bounds, self.compression = meta, cfg_json, bounds, compression
         self._f: Any = None
@@ -140,11 +141,12 @@ class PartialFile:
         prov = provenance(est, used) if callable(provenance) else provenance
         self._f.attrs["provenance"] = json.dumps(prov, sort_keys=True)
         self.close()
-        fd = os.open(self.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the rename must not outlive the data after a power cut
-        finally:
-            os.close(fd)
+        if self.sync:
+            fd = os.open(self.tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the rename must not outlive the data after a power cut
+            finally:
+                os.close(fd)
         os.replace(self.tmp, self.out)
         return est, used
 
@@ -180,7 +182,7 @@ class IsolatedWriter:
     """
 
     def __init__(self, out: Path, meta: DatasetMetadata | dict[str, Any], cfg_json: str, bounds: list[tuple[int, int]],
-                 compression: str, slots: int = 2) -> None:
+                 compression: str, slots: int = 2, sync: bool = True) -> None:
         import mmap
         import multiprocessing as mp
 
@@ -194,8 +196,8 @@ class IsolatedWriter:
                          if ctx.get_start_method() == "fork" else [])
         self._turn = 0
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, self._conn, (out, meta, cfg_json, bounds, compression),
-                                                      self._buffers), daemon=True)
+        args = (out, meta, cfg_json, bounds, compression, sync)
+        self._proc = ctx.Process(target=_serve, args=(child, self._conn, args, self._buffers), daemon=True)
         self._proc.start()
         child.close()
         self.tmp = out.with_name(f".{out.name}.tmp")

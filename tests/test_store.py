@@ -523,3 +523,25 @@ def test_metadata_written_is_metadata_read_and_edits_are_found(tmp_path):
                    lambda f: f["t0_fields"].attrs.__setitem__("field_names", 3)):
         errors = edited(change)
         assert len(errors) == 1 and "malformed" in errors[0] and "\n" not in errors[0], errors
+
+
+def test_no_sync_skips_only_the_final_fsync(tmp_path, monkeypatch):
+    # the writer child inherits the patched fsync through the fork; it leaves a mark per call
+    import datagen.writer
+
+    marks = tmp_path / "fsyncs"
+    real = datagen.writer.os.fsync
+
+    def counting(fd):
+        with open(marks, "a") as fh:
+            fh.write("x")
+        return real(fd)
+
+    monkeypatch.setattr(datagen.writer.os, "fsync", counting)
+    a = generate(GenerationConfig(**SMALL), tmp_path / "a" / "train.h5")
+    synced = marks.read_text() if marks.exists() else ""
+    b = generate(GenerationConfig(**SMALL), tmp_path / "b" / "train.h5", sync=False)
+    after = marks.read_text() if marks.exists() else ""
+    assert synced == "x" and after == synced
+    assert digest(a) == digest(b)
+    assert validate(b).ok

@@ -149,7 +149,8 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
         epochs: int = 10, batch_size: int = 8, unroll: int | None = None, curriculum: Sequence[int] | None = None,
         loss: str = "mse", noise: float = 0.0, lr: float = 1e-3, weight_decay: float = 0.0,
         schedule: str | None = "cosine", clip: float | None = 1.0, lbfgs: int = 0, lbfgs_windows: int = 64,
-        patience: int | None = None, valid_steps: int | None = None, valid_trajectories: Sequence[int] | None = None,
+        lbfgs_check: int = 25, patience: int | None = None, valid_steps: int | None = None,
+        valid_trajectories: Sequence[int] | None = None,
         checkpoint: str | os.PathLike | None = None, resume: bool = False, device: str | torch.device = "auto",
         dtype: torch.dtype | None = None, seed: int = 0, progress: bool = True, log: bool | None = None,
         num_workers: int = 0):
@@ -172,8 +173,9 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
             validation gain) or ``none``.
         clip: gradient-norm clipping (``None`` for none).
         lbfgs: L-BFGS iterations (strong Wolfe line search) after the Adam epochs, on
-            ``lbfgs_windows`` windows at the longest unroll; kept only if the validation error
-            does not get worse.
+            ``lbfgs_windows`` windows at the longest unroll. With ``valid``, the validation error
+            is measured every ``lbfgs_check`` iterations and the best state is kept (the Adam
+            result when none is better): a lower window loss need not mean a lower rollout error.
         patience: stop after this many epochs without validation gain (``None``: never).
         valid_trajectories: trajectories of ``valid`` to score (default: all).
         checkpoint: folder for ``last.pt`` (after every epoch, with optimizer state; resumable)
@@ -197,7 +199,8 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
         raise SurrogateError(f"curriculum {curriculum} must hold positive step counts")
     steps_max = max(int(k) for k in curriculum)
     _check(model, train, steps_max, loss, schedule)
-    for name, v, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
+    for name, v, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1), ("lbfgs", lbfgs, 0),
+                         ("lbfgs_windows", lbfgs_windows, 1), ("lbfgs_check", lbfgs_check, 1)):
         if not isinstance(v, int) or v < low:
             raise SurrogateError(f"{name}={v!r} must be an integer >= {low}")
     if epochs == 0 and not lbfgs:
@@ -333,8 +336,8 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
 
     attrs: dict[str, Any] = {"stopped": stop_reason}
     if lbfgs:
-        attrs.update(_polish(model, train, params, lbfgs, lbfgs_windows, steps_max, loss, seed, dev, valid_src,
-                             valid_steps, valid_trajectories, dtype, best_state, best))
+        attrs.update(_polish(model, train, params, lbfgs, lbfgs_windows, lbfgs_check, steps_max, loss, seed, dev,
+                             valid_src, valid_steps, valid_trajectories, dtype, best_state, best))
         if attrs.get("lbfgs_kept"):
             best_state, best = None, attrs["lbfgs_valid"]
     if best_state is not None:
@@ -353,7 +356,7 @@ def _seed(seed: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(1)[0])
 
 
-def _polish(model, train, params, iterations, n_windows, steps, loss, seed, dev, valid_src, valid_steps,
+def _polish(model, train, params, iterations, n_windows, check, steps, loss, seed, dev, valid_src, valid_steps,
             valid_trajectories, dtype, best_state, best) -> dict[str, Any]:
     rank, world = _dist()
     g = torch.Generator().manual_seed(_seed(seed, 10 ** 6, 0))
@@ -361,8 +364,11 @@ def _polish(model, train, params, iterations, n_windows, steps, loss, seed, dev,
     mine = pick[rank::world]
     windows = torch.stack([train[i] for i in mine]).to(dev) if mine else None
     before = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iterations, history_size=50, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-12, tolerance_change=1e-15)
+    check = max(1, int(check)) if valid_src is not None else iterations
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=min(check, iterations), history_size=50,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-15)
+
+    scale = [1.0]
 
     def closure():
         opt.zero_grad(set_to_none=True)
@@ -370,23 +376,37 @@ def _polish(model, train, params, iterations, n_windows, steps, loss, seed, dev,
         if windows is not None:
             for chunk in windows.split(16):
                 per = window_loss(model, chunk[:, : steps + 1], steps, loss, crop=train.crop)
-                val = per.sum() / len(pick)
+                val = per.sum() / (len(pick) * scale[0])
                 val.backward()
                 part = part + val.detach().to(torch.float64)
         _sync_grads(params)
         return _allreduce(part).to(dtype)
 
     first = float(closure())
-    opt.step(closure)
-    last = float(closure())
-    out: dict[str, Any] = {"lbfgs_iterations": iterations, "lbfgs_loss_before": first, "lbfgs_loss_after": last}
+    # L-BFGS's first step is the gradient itself, and its tolerances are absolute: on the loss
+    # as it comes (1e-9 near a good start) that step is too small to measure; scaled to 1 at the
+    # start, the same iterations make progress
+    if math.isfinite(first) and first > 0:
+        scale[0] = first
+    out: dict[str, Any] = {"lbfgs_iterations": iterations, "lbfgs_loss_before": first}
     if valid_src is not None:
-        v = _valid_error(model, valid_src, valid_steps, valid_trajectories, dev, dtype)
-        keep = math.isfinite(v) and v <= best
-        out.update({"lbfgs_valid": v, "lbfgs_kept": int(keep)})
-        if not keep:
-            model.load_state_dict(best_state if best_state is not None else before)
+        # the optimiser keeps its curvature history between the checks
+        v_best, state, curve = math.inf, None, []
+        for done in range(0, iterations, check):
+            opt.param_groups[0]["max_iter"] = min(check, iterations - done)
+            opt.step(closure)
+            v = _valid_error(model, valid_src, valid_steps, valid_trajectories, dev, dtype)
+            curve.append(v)
+            if math.isfinite(v) and v < v_best:
+                v_best, state = v, {n: t.detach().clone() for n, t in model.state_dict().items()}
+                out["lbfgs_loss_after"] = float(closure()) * scale[0]
+        keep = v_best <= best
+        model.load_state_dict(state if keep else best_state if best_state is not None else before)
+        out.update({"lbfgs_valid": v_best, "lbfgs_kept": int(keep), "lbfgs_valid_curve": json.dumps(curve)})
     else:
+        opt.step(closure)
+        last = float(closure()) * scale[0]
+        out["lbfgs_loss_after"] = last
         keep = math.isfinite(last) and last <= first
         out["lbfgs_kept"] = int(keep)
         if not keep:

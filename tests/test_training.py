@@ -1,5 +1,6 @@
 """Grid-unit kernels, training windows, crops with halos, fit, checkpoints and resume."""
 
+import json
 import os
 import subprocess
 import sys
@@ -152,6 +153,10 @@ def test_fit_refuses_mismatched_models_and_options(data):
         ps.fit(_paper_model(train), ps.WindowDataset(data["train"], unroll=2, crop=8, halo=3), progress=False)
     with pytest.raises(ps.SurrogateError, match="unknown loss"):
         ps.fit(_paper_model(train), train, loss="l1", progress=False)
+    with pytest.raises(ps.SurrogateError, match=r"lbfgs_check=0 must be an integer >= 1"):
+        ps.fit(_paper_model(train), train, lbfgs=5, lbfgs_check=0, progress=False)
+    with pytest.raises(ps.SurrogateError, match=r"lbfgs=nan must be an integer >= 0"):
+        ps.fit(_paper_model(train), train, lbfgs=float("nan"), progress=False)
 
 
 def test_lbfgs_polish_is_kept_only_when_it_helps(data):
@@ -252,9 +257,14 @@ def test_embed_copies_a_witness_exactly_and_lbfgs_can_start_from_it(data):
     u = torch.rand(2, 1, 32, 32, dtype=torch.float64)
     assert torch.equal(model(u), w(u))
     start = float(ps.evaluate(model, data["valid"], steps=5).rel_l2.sel(step=5).mean())
-    hist = ps.fit(model, one, data["valid"], epochs=0, lbfgs=5, lbfgs_windows=16, valid_steps=5, progress=False)
+    hist = ps.fit(model, one, data["valid"], epochs=0, lbfgs=6, lbfgs_check=2, lbfgs_windows=16, valid_steps=5,
+                  progress=False)
     after = float(ps.evaluate(model, data["valid"], steps=5).rel_l2.sel(step=5).mean())
     assert hist.attrs["stopped"] == "L-BFGS only" and after <= start * (1 + 1e-9)
+    # validation every 2 iterations; the state kept is the best one seen
+    curve = json.loads(hist.attrs["lbfgs_valid_curve"])
+    assert len(curve) == 3 and hist.attrs["lbfgs_kept"] == 1
+    assert after == pytest.approx(min(curve), rel=1e-12) and hist.attrs["lbfgs_valid"] == min(curve)
     with pytest.raises(ps.SurrogateError, match="not in the target's class"):
         ps.embed(w, ps.build_surrogate(hidden=4, kernel_size=5, powers=(2,), substeps=3, dt=one.dt))
     with pytest.raises(ps.SurrogateError, match="epochs=0 trains nothing"):

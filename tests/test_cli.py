@@ -156,7 +156,10 @@ def test_corrupt_dataset_is_reported(tmp_path):
 
 
 def test_not_enough_disk_space_is_refused_before_work(tmp_path):
-    p = run("generate", "fisher", "--out", tmp_path, "--splits", "train=100000000", "--grid", "1000,1000", check=False)
+    # one small batch at a time, so that the memory check (which depends on what the machine has
+    # free) passes and the disk check is what refuses: 1e8 trajectories of 41 frames of 200^2
+    p = run("generate", "fisher", "--out", tmp_path, "--splits", "train=100000000", "--grid", "200,200",
+            "--batch-size", "1", check=False)
     assert_one_line_error(p, "not enough disk space")
     assert list(tmp_path.iterdir()) == []
 

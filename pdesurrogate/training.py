@@ -392,6 +392,7 @@ def _polish(model, train, params, iterations, n_windows, check, steps, loss, see
     if valid_src is not None:
         # the optimiser keeps its curvature history between the checks
         v_best, state, curve = math.inf, None, []
+        out["lbfgs_loss_after"] = math.nan  # until a check finds a finite validation error
         for done in range(0, iterations, check):
             opt.param_groups[0]["max_iter"] = min(check, iterations - done)
             opt.step(closure)
@@ -400,7 +401,7 @@ def _polish(model, train, params, iterations, n_windows, check, steps, loss, see
             if math.isfinite(v) and v < v_best:
                 v_best, state = v, {n: t.detach().clone() for n, t in model.state_dict().items()}
                 out["lbfgs_loss_after"] = float(closure()) * scale[0]
-        keep = v_best <= best
+        keep = state is not None and v_best <= best
         model.load_state_dict(state if keep else best_state if best_state is not None else before)
         out.update({"lbfgs_valid": v_best, "lbfgs_kept": int(keep), "lbfgs_valid_curve": json.dumps(curve)})
     else:

@@ -168,6 +168,23 @@ def test_lbfgs_polish_is_kept_only_when_it_helps(data):
     assert final <= float(np.nanmin(hist.valid.values)) * (1 + 1e-9)
 
 
+def test_lbfgs_with_no_finite_validation_error_keeps_the_start(data, monkeypatch):
+    import pdesurrogate.training as tr
+
+    train = ps.WindowDataset(data["train"], unroll=1, dtype=torch.float64)
+    model = _paper_model(train, dtype=torch.float64)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(tr, "_valid_error", lambda *a, **k: float("nan"))
+    hist = ps.fit(model, train, data["valid"], epochs=0, lbfgs=4, lbfgs_check=2, lbfgs_windows=8, valid_steps=2,
+                  progress=False)
+    assert hist.attrs["lbfgs_kept"] == 0 and json.loads(hist.attrs["lbfgs_valid_curve"]) != []
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    # after Adam epochs with no finite validation error either, L-BFGS's result is not taken
+    hist = ps.fit(model, train, data["valid"], epochs=1, lbfgs=2, lbfgs_check=1, lbfgs_windows=8, valid_steps=2,
+                  progress=False)
+    assert hist.attrs["lbfgs_kept"] == 0
+
+
 def test_cropped_training_runs_and_learns(data):
     probe = _paper_model(ps.WindowDataset(data["train"], unroll=1))
     halo = ps.receptive_halo(probe, 1)

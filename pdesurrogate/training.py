@@ -339,7 +339,7 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
         attrs.update(_polish(model, train, params, lbfgs, lbfgs_windows, lbfgs_check, steps_max, loss, seed, dev,
                              valid_src, valid_steps, valid_trajectories, dtype, best_state, best))
         if attrs.get("lbfgs_kept"):
-            best_state, best = None, attrs["lbfgs_valid"]
+            best_state, best = None, attrs.get("lbfgs_valid", best)
     if best_state is not None:
         model.load_state_dict(best_state)
     ds = xr.Dataset({k: ("epoch", np.asarray(v, dtype=float)) for k, v in hist.items()},
@@ -354,6 +354,11 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
 
 def _seed(seed: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(1)[0])
+
+
+# what the L-BFGS closure returns for an overflowing trial step: far above the loss scaled to 1,
+# yet small enough that the line search's cubic interpolation stays finite in float32
+_OVERFLOW = 1e10
 
 
 def _polish(model, train, params, iterations, n_windows, check, steps, loss, seed, dev, valid_src, valid_steps,
@@ -380,9 +385,19 @@ def _polish(model, train, params, iterations, n_windows, check, steps, loss, see
                 val.backward()
                 part = part + val.detach().to(torch.float64)
         _sync_grads(params)
-        return _allreduce(part).to(dtype)
+        total = _allreduce(part)
+        if not torch.isfinite(total):
+            # a trial step whose rollout overflowed: a large finite value makes the line search
+            # step back, where NaN would end in NaN weights
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            return torch.tensor(_OVERFLOW, dtype=dtype, device=dev)
+        return total.to(dtype)
 
     first = float(closure())
+    if first == _OVERFLOW:
+        raise SurrogateError("the L-BFGS windows' loss is not finite at the start: the model's rollout overflows; "
+                             "train with Adam first or start from a stable model")
     # L-BFGS's first step is the gradient itself, and its tolerances are absolute: on the loss
     # as it comes (1e-9 near a good start) that step is too small to measure; scaled to 1 at the
     # start, the same iterations make progress

@@ -185,6 +185,30 @@ def test_lbfgs_with_no_finite_validation_error_keeps_the_start(data, monkeypatch
     assert hist.attrs["lbfgs_kept"] == 0
 
 
+def test_lbfgs_steps_back_from_an_overflowing_trial_step(data, monkeypatch):
+    import pdesurrogate.training as tr
+
+    train = ps.WindowDataset(data["train"], unroll=1, dtype=torch.float64)
+    model = _paper_model(train, dtype=torch.float64)
+    real, far = tr.window_loss, []
+    theta0 = [p.detach().clone() for p in model.parameters()]
+
+    def overflowing(m, *a, **k):  # rollouts "overflow" beyond a small distance from the start
+        dist = sum(float((p.detach() - q).pow(2).sum()) for p, q in zip(m.parameters(), theta0)) ** 0.5
+        far.append(dist > 1e-3)
+        out = real(m, *a, **k)
+        return out * float("inf") if far[-1] else out
+
+    monkeypatch.setattr(tr, "window_loss", overflowing)
+    hist = ps.fit(model, train, epochs=0, lbfgs=5, lbfgs_windows=8, progress=False)
+    assert any(far) and all(torch.isfinite(p).all() for p in model.parameters())
+    # the line search stepped back into the finite region and made progress there
+    assert hist.attrs["lbfgs_kept"] == 1 and hist.attrs["lbfgs_loss_after"] < hist.attrs["lbfgs_loss_before"]
+    monkeypatch.setattr(tr, "window_loss", lambda *a, **k: real(*a, **k) * float("inf"))
+    with pytest.raises(ps.SurrogateError, match="loss is not finite at the start"):
+        ps.fit(model, train, epochs=0, lbfgs=5, lbfgs_windows=8, progress=False)
+
+
 def test_cropped_training_runs_and_learns(data):
     probe = _paper_model(ps.WindowDataset(data["train"], unroll=1))
     halo = ps.receptive_halo(probe, 1)

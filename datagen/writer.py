@@ -7,8 +7,8 @@ fixed place, its reference-error estimates into a scratch group, and its index i
 lists only whole batches, and ``--resume`` solves the rest. At the end the scratch group and the
 record go, the provenance is written, the file is synced (unless ``sync=False``) and renamed.
 Uncompressed chunks have fixed addresses, so batches may arrive in any order; compressed ones
-are written in index order (their sizes vary). Either way an interrupted and resumed run produces the same bytes as an
-uninterrupted one.
+are written in index order (their sizes vary). Either way an interrupted and resumed run
+produces the same bytes as an uninterrupted one.
 
 All HDF5 calls run in a writer child process (:class:`IsolatedWriter`): when a write fails (a
 full disk), libhdf5 keeps the file open and can crash the interpreter at exit, and a child

@@ -369,11 +369,11 @@ def _polish(model, train, params, iterations, n_windows, check, steps, loss, see
     mine = pick[rank::world]
     windows = torch.stack([train[i] for i in mine]).to(dev) if mine else None
     before = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    check = max(1, int(check)) if valid_src is not None else iterations
+    check = check if valid_src is not None else iterations
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=min(check, iterations), history_size=50,
                             line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-15)
 
-    scale = [1.0]
+    scale, overflowed = [1.0], [False]
 
     def closure():
         opt.zero_grad(set_to_none=True)
@@ -386,7 +386,8 @@ def _polish(model, train, params, iterations, n_windows, check, steps, loss, see
                 part = part + val.detach().to(torch.float64)
         _sync_grads(params)
         total = _allreduce(part)
-        if not torch.isfinite(total):
+        overflowed[0] = not bool(torch.isfinite(total))
+        if overflowed[0]:
             # a trial step whose rollout overflowed: a large finite value makes the line search
             # step back, where NaN would end in NaN weights
             for p in params:
@@ -395,13 +396,13 @@ def _polish(model, train, params, iterations, n_windows, check, steps, loss, see
         return total.to(dtype)
 
     first = float(closure())
-    if first == _OVERFLOW:
+    if overflowed[0]:
         raise SurrogateError("the L-BFGS windows' loss is not finite at the start: the model's rollout overflows; "
                              "train with Adam first or start from a stable model")
     # L-BFGS's first step is the gradient itself, and its tolerances are absolute: on the loss
     # as it comes (1e-9 near a good start) that step is too small to measure; scaled to 1 at the
     # start, the same iterations make progress
-    if math.isfinite(first) and first > 0:
+    if first > 0:
         scale[0] = first
     out: dict[str, Any] = {"lbfgs_iterations": iterations, "lbfgs_loss_before": first}
     if valid_src is not None:

@@ -30,8 +30,8 @@ def test_scenarios_are_listed_chosen_and_overridden():
     front = GenerationConfig(pde="fisher", scenario="front", grid={"shape": [50, 4]}, steps=3).resolve()
     assert front.grid["extent"] == [12.8, 12.8] and front.grid["shape"] == [50, 4] and front.steps == 3
     assert front.dt == 0.5 and front.initial["name"] == "band"
-    gs = GenerationConfig(pde="gray_scott", scenario="maze", params={"k": 0.058}).resolve()
-    assert gs.params["F"] == 0.029 and gs.params["k"] == 0.058
+    gs = GenerationConfig(pde="gray_scott", scenario="maze", params={"k": 0.057}).resolve()
+    assert gs.params["F"] == 0.029 and gs.params["k"] == 0.057
     with pytest.raises(DatagenError, match="no scenario 'zebra'; choose one of: spots, maze"):
         GenerationConfig(pde="gray_scott", scenario="zebra").resolve()
     with pytest.raises(DatagenError, match="scenarios belong to catalogue PDEs"):
@@ -80,7 +80,7 @@ def _radial_spectrum(f):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario, most", [("spots", 0.60), ("maze", 0.70)])
+@pytest.mark.parametrize("scenario, most", [("spots", 0.60), ("maze", 0.60)])
 def test_gray_scott_patterns(tmp_path, scenario, most):
     u, _ = _solve(tmp_path, "gray_scott", scenario)
     v = u[0, -1, 1]
@@ -89,7 +89,6 @@ def test_gray_scott_patterns(tmp_path, scenario, most):
     assert peak >= 3, peak  # a pattern of several wavelengths per side, not a blob
     assert spec[peak] > 5 * spec[1:].mean()
     covered = float((v > 0.1).mean())
-    # The Well's maze (F=0.029, k=0.057) fills 64 % of the area with v > 0.1: its stripes are wide
     assert 0.05 <= covered <= most, covered
 
 

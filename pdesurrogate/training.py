@@ -149,8 +149,8 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
         epochs: int = 10, batch_size: int = 8, unroll: int | None = None, curriculum: Sequence[int] | None = None,
         loss: str = "mse", noise: float = 0.0, lr: float = 1e-3, weight_decay: float = 0.0,
         schedule: str | None = "cosine", clip: float | None = 1.0, lbfgs: int = 0, lbfgs_windows: int = 64,
-        lbfgs_check: int = 25, patience: int | None = None, valid_steps: int | None = None,
-        valid_trajectories: Sequence[int] | None = None,
+        lbfgs_check: int = 25, lbfgs_precondition: bool = False, patience: int | None = None,
+        valid_steps: int | None = None, valid_trajectories: Sequence[int] | None = None,
         checkpoint: str | os.PathLike | None = None, resume: bool = False, device: str | torch.device = "auto",
         dtype: torch.dtype | None = None, seed: int = 0, progress: bool = True, log: bool | None = None,
         num_workers: int = 0):
@@ -176,6 +176,11 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
             ``lbfgs_windows`` windows at the longest unroll. With ``valid``, the validation error
             is measured every ``lbfgs_check`` iterations and the best state is kept (the Adam
             result when none is better): a lower window loss need not mean a lower rollout error.
+        lbfgs_precondition: run L-BFGS on the parameters scaled by the square root of their
+            Gauss-Newton diagonal (one step of the polish windows, estimated with random probes),
+            so that weights of very different sizes move on one scale. Exact networks mix
+            biases near 1e3 with kernel entries near 1e-4; from such a start, L-BFGS on long
+            windows made no step without it.
         patience: stop after this many epochs without validation gain (``None``: never).
         valid_trajectories: trajectories of ``valid`` to score (default: all).
         checkpoint: folder for ``last.pt`` (after every epoch, with optimizer state; resumable)
@@ -203,6 +208,8 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
                          ("lbfgs_windows", lbfgs_windows, 1), ("lbfgs_check", lbfgs_check, 1)):
         if not isinstance(v, int) or v < low:
             raise SurrogateError(f"{name}={v!r} must be an integer >= {low}")
+    if not isinstance(lbfgs_precondition, bool):
+        raise SurrogateError(f"lbfgs_precondition={lbfgs_precondition!r} must be true or false")
     if epochs == 0 and not lbfgs:
         raise SurrogateError("epochs=0 trains nothing: give epochs >= 1 or lbfgs= iterations")
     for name, v in (("lr", lr), ("noise", noise), ("weight_decay", weight_decay)):
@@ -336,7 +343,8 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
 
     attrs: dict[str, Any] = {"stopped": stop_reason}
     if lbfgs:
-        attrs.update(_polish(model, train, params, lbfgs, lbfgs_windows, lbfgs_check, steps_max, loss, seed, dev,
+        attrs.update(_polish(model, train, params, lbfgs, lbfgs_windows, lbfgs_check, lbfgs_precondition,
+                             steps_max, loss, seed, dev,
                              valid_src, valid_steps, valid_trajectories, dtype, best_state, best))
         if attrs.get("lbfgs_kept"):
             best_state, best = None, attrs.get("lbfgs_valid", best)
@@ -352,6 +360,35 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
     return ds
 
 
+def _gauss_newton_scales(model, windows, params, crop, seed, probes: int = 8) -> list[torch.Tensor]:
+    """Square roots of the Gauss-Newton diagonal ``diag(J^T J)`` of one step over ``windows``.
+
+    Hutchinson's estimate: ``E[(J^T v)^2]`` over Rademacher probes ``v`` (seeded). Entries are
+    floored at 1e-3 of the median, so that parameters the windows hardly see keep a finite scale.
+    """
+    g = torch.Generator().manual_seed(_seed(seed, 10 ** 6, 1))
+    acc = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    ctx = model.unpadded() if crop is not None else nullcontext()
+    if windows is not None:
+        for _ in range(probes):
+            for chunk in windows.split(16):
+                with ctx:
+                    out = model(chunk[:, 0])
+                v = (torch.randint(0, 2, out.shape, generator=g) * 2 - 1).to(out.dtype).to(out.device)
+                for a, gr in zip(acc, torch.autograd.grad((out * v).sum(), params, allow_unused=True)):
+                    if gr is not None:
+                        a += gr.detach().to(torch.float64).pow(2)
+    for a in acc:
+        _allreduce(a)
+    d = [(a / probes).sqrt() for a in acc]
+    flat = torch.cat([x.flatten() for x in d])
+    positive = flat[torch.isfinite(flat) & (flat > 0)]
+    if not len(positive):
+        return [torch.ones_like(p) for p in params]
+    floor = float(positive.median()) * 1e-3
+    return [torch.nan_to_num(x, nan=floor, posinf=floor).clamp(min=floor).to(p.dtype) for x, p in zip(d, params)]
+
+
 def _seed(seed: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(1)[0])
 
@@ -361,8 +398,8 @@ def _seed(seed: int, epoch: int, stream: int) -> int:
 _OVERFLOW = 1e10
 
 
-def _polish(model, train, params, iterations, n_windows, check, steps, loss, seed, dev, valid_src, valid_steps,
-            valid_trajectories, dtype, best_state, best) -> dict[str, Any]:
+def _polish(model, train, params, iterations, n_windows, check, precondition, steps, loss, seed, dev, valid_src,
+            valid_steps, valid_trajectories, dtype, best_state, best) -> dict[str, Any]:
     rank, world = _dist()
     g = torch.Generator().manual_seed(_seed(seed, 10 ** 6, 0))
     pick = torch.randperm(len(train), generator=g)[:n_windows].tolist()
@@ -370,16 +407,29 @@ def _polish(model, train, params, iterations, n_windows, check, steps, loss, see
     windows = torch.stack([train[i] for i in mine]).to(dev) if mine else None
     before = {n: t.detach().clone() for n, t in model.state_dict().items()}
     check = check if valid_src is not None else iterations
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=min(check, iterations), history_size=50,
+    gn_scales = _gauss_newton_scales(model, windows, params, train.crop, seed) if precondition else None
+    # with gn_scales, L-BFGS works on q = scale * p and the closure maps q back to the model
+    leaves = [torch.nn.Parameter(p.detach() * s) for p, s in zip(params, gn_scales)] if gn_scales else params
+
+    def to_model() -> None:
+        if gn_scales:
+            with torch.no_grad():
+                for p, q, s in zip(params, leaves, gn_scales):
+                    p.copy_(q / s)
+
+    opt = torch.optim.LBFGS(leaves, lr=1.0, max_iter=min(check, iterations), history_size=50,
                             line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-15)
 
     scale, overflowed = [1.0], [False]
 
     def closure():
-        opt.zero_grad(set_to_none=True)
+        to_model()
+        for p in params:
+            p.grad = None
         part = torch.zeros((), dtype=torch.float64, device=dev)
         if windows is not None:
-            for chunk in windows.split(16):
+            # the graph of a chunk holds chunk x steps states: long windows go a few at a time
+            for chunk in windows.split(max(1, min(16, 64 // steps))):
                 per = window_loss(model, chunk[:, : steps + 1], steps, loss, crop=train.crop)
                 val = per.sum() / (len(pick) * scale[0])
                 val.backward()
@@ -390,9 +440,12 @@ def _polish(model, train, params, iterations, n_windows, check, steps, loss, see
         if overflowed[0]:
             # a trial step whose rollout overflowed: a large finite value makes the line search
             # step back, where NaN would end in NaN weights
-            for p in params:
-                p.grad = torch.zeros_like(p)
+            for q in leaves:
+                q.grad = torch.zeros_like(q)
             return torch.tensor(_OVERFLOW, dtype=dtype, device=dev)
+        if gn_scales:
+            for p, q, s in zip(params, leaves, gn_scales):
+                q.grad = p.grad / s if p.grad is not None else torch.zeros_like(q)
         return total.to(dtype)
 
     first = float(closure())
@@ -404,7 +457,8 @@ def _polish(model, train, params, iterations, n_windows, check, steps, loss, see
     # start, the same iterations make progress
     if first > 0:
         scale[0] = first
-    out: dict[str, Any] = {"lbfgs_iterations": iterations, "lbfgs_loss_before": first}
+    out: dict[str, Any] = {"lbfgs_iterations": iterations, "lbfgs_loss_before": first,
+                           "lbfgs_preconditioned": int(bool(gn_scales))}
     if valid_src is not None:
         # the optimiser keeps its curvature history between the checks
         v_best, state, curve = math.inf, None, []
@@ -412,6 +466,7 @@ def _polish(model, train, params, iterations, n_windows, check, steps, loss, see
         for done in range(0, iterations, check):
             opt.param_groups[0]["max_iter"] = min(check, iterations - done)
             opt.step(closure)
+            to_model()  # the line search may end at a point other than its last evaluation
             v = _valid_error(model, valid_src, valid_steps, valid_trajectories, dev, dtype)
             curve.append(v)
             if math.isfinite(v) and v < v_best:
@@ -422,7 +477,7 @@ def _polish(model, train, params, iterations, n_windows, check, steps, loss, see
         out.update({"lbfgs_valid": v_best, "lbfgs_kept": int(keep), "lbfgs_valid_curve": json.dumps(curve)})
     else:
         opt.step(closure)
-        last = float(closure()) * scale[0]
+        last = float(closure()) * scale[0]  # also puts the final point into the model
         out["lbfgs_loss_after"] = last
         keep = math.isfinite(last) and last <= first
         out["lbfgs_kept"] = int(keep)

@@ -157,6 +157,8 @@ def test_fit_refuses_mismatched_models_and_options(data):
         ps.fit(_paper_model(train), train, lbfgs=5, lbfgs_check=0, progress=False)
     with pytest.raises(ps.SurrogateError, match=r"lbfgs=nan must be an integer >= 0"):
         ps.fit(_paper_model(train), train, lbfgs=float("nan"), progress=False)
+    with pytest.raises(ps.SurrogateError, match=r"lbfgs_precondition='yes' must be true or false"):
+        ps.fit(_paper_model(train), train, lbfgs=2, lbfgs_precondition="yes", progress=False)
 
 
 def test_lbfgs_polish_is_kept_only_when_it_helps(data):
@@ -207,6 +209,41 @@ def test_lbfgs_steps_back_from_an_overflowing_trial_step(data, monkeypatch):
     monkeypatch.setattr(tr, "window_loss", lambda *a, **k: real(*a, **k) * float("inf"))
     with pytest.raises(ps.SurrogateError, match="loss is not finite at the start"):
         ps.fit(model, train, epochs=0, lbfgs=5, lbfgs_windows=8, progress=False)
+
+
+def test_gauss_newton_scales_match_the_jacobian_and_floor_unseen_parameters():
+    torch.manual_seed(0)
+    model = ps.build_surrogate(hidden=2, kernel_size=3, powers=(2,), substeps=2, dt=0.1, dtype=torch.float64)
+    with torch.no_grad():
+        model.vector_field.conv2.weight[:, 1] = 0.0  # channel 1 reaches the output nowhere
+    windows = torch.rand(3, 2, 1, 6, 6, dtype=torch.float64)
+    params = list(model.parameters())
+    out = model(windows[:, 0]).flatten()
+    rows = [torch.autograd.grad(o, params, retain_graph=True, allow_unused=True) for o in out]
+    exact = [sum(r[k].pow(2) if r[k] is not None else 0.0 for r in rows) for k in range(len(params))]
+    est = training._gauss_newton_scales(model, windows, params, None, seed=0, probes=2000)
+    seen = torch.cat([e.flatten() for e in exact]) > 0
+    got = torch.cat([s.flatten() for s in est]).pow(2)
+    want = torch.cat([e.flatten() for e in exact])
+    assert torch.allclose(got[seen], want[seen], rtol=0.15)  # Hutchinson's estimate, 2000 probes
+    floor = float(want[seen].sqrt().median()) * 1e-3
+    k1 = model.vector_field.conv1.weight
+    unseen = est[[p is k1 for p in params].index(True)][1]
+    assert (~seen).sum() >= unseen.numel() and torch.allclose(unseen, torch.full_like(unseen, floor), rtol=0.2)
+
+
+def test_preconditioned_lbfgs_trains_and_records_it(data):
+    train = ps.WindowDataset(data["train"], unroll=5, dtype=torch.float64)
+    w = ps.exact_surrogate(catalogue.fisher(), train.grid, train.dt, substeps=3, powers=(2,), dtype=torch.float64)
+    model = ps.embed(w, _paper_model(train, dtype=torch.float64))
+    start = float(ps.evaluate(model, data["valid"], steps=5).rel_l2.sel(step=5).mean())
+    hist = ps.fit(model, train, data["valid"], epochs=0, lbfgs=6, lbfgs_check=3, lbfgs_windows=8, valid_steps=5,
+                  loss="relative", lbfgs_precondition=True, progress=False)
+    after = float(ps.evaluate(model, data["valid"], steps=5).rel_l2.sel(step=5).mean())
+    assert hist.attrs["lbfgs_preconditioned"] == 1 and hist.attrs["lbfgs_kept"] == 1
+    # the model holds the kept state (the closure maps the scaled variables back to it)
+    assert after == pytest.approx(hist.attrs["lbfgs_valid"], rel=1e-12) and after < 0.5 * start
+    assert hist.attrs["lbfgs_loss_after"] < hist.attrs["lbfgs_loss_before"]
 
 
 def test_cropped_training_runs_and_learns(data):

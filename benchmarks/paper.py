@@ -121,7 +121,8 @@ def main() -> None:
     ap.add_argument("--lbfgs", type=int, default=100, help="L-BFGS iterations from each witness (default 100)")
     ap.add_argument("--long", type=int, default=60,
                     help="L-BFGS iterations on whole trajectories after the FD start's polish (default 60; 0: skip)")
-    ap.add_argument("--quick", action="store_true", help="8 training and 8 test trajectories, 2 epochs, 10 L-BFGS")
+    ap.add_argument("--quick", action="store_true",
+                    help="8 training and 8 test trajectories, 2 epochs, 10 L-BFGS, 4 on whole trajectories")
     a = ap.parse_args()
     if a.quick:
         a.train, a.test, a.epochs, a.lbfgs, a.long = 8, 8, 2, 10, 4

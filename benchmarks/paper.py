@@ -56,6 +56,10 @@ def scores(model, test, steps) -> dict[str, float]:
     return out
 
 
+def _outcome(hist) -> str:
+    return "kept" if hist.attrs.get("lbfgs_kept") else "rejected (validation got worse)"
+
+
 def run_pde(name: str, folder: Path, a: argparse.Namespace, published: Path) -> list[dict]:
     steps = 40
     cfg = datagen.GenerationConfig(pde=name, steps=steps, seed=2305)
@@ -94,7 +98,7 @@ def run_pde(name: str, folder: Path, a: argparse.Namespace, published: Path) -> 
         add(wname, start, note=f"{w.vector_field.hidden} of {arch['hidden']} channels")
         t0 = time.perf_counter()
         hist = ps.fit(start, one, valid_f, epochs=0, lbfgs=a.lbfgs, lbfgs_windows=64, progress=False)
-        kept = "kept" if hist.attrs.get("lbfgs_kept") else "rejected (validation got worse)"
+        kept = _outcome(hist)
         polish_s = time.perf_counter() - t0
         add(f"{wname} + L-BFGS", start, polish_s, f"{a.lbfgs} iterations, 64 one-step windows, float64; {kept}")
         if wname == "FD witness" and a.long:
@@ -104,7 +108,7 @@ def run_pde(name: str, folder: Path, a: argparse.Namespace, published: Path) -> 
             t0 = time.perf_counter()
             hist = ps.fit(start, whole, valid_f, epochs=0, lbfgs=a.long, lbfgs_windows=16, lbfgs_check=10,
                           loss="relative", lbfgs_precondition=True, progress=False)
-            kept = "kept" if hist.attrs.get("lbfgs_kept") else "rejected (validation got worse)"
+            kept = _outcome(hist)
             add(f"{wname} + L-BFGS + whole trajectories", start, polish_s + time.perf_counter() - t0,
                 f"then {a.long} preconditioned iterations on 16 whole {steps}-step trajectories, relative loss; {kept}")
     return rows

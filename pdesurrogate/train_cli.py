@@ -126,6 +126,7 @@ def train_cmd(a: argparse.Namespace) -> int:
         train = WindowDataset(train_file, unroll=int(d["unroll"]), stride=int(d["stride"]), crop=int(d["crop"]),
                               halo=receptive_halo(model, steps_max), seed=int(cfg["fit"].get("seed", 0)))
     out = Path(a.out)
+    fresh = not out.exists()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         resolved = {"data": {**d, "path": str(train_file)}, "model": mcfg,
@@ -134,8 +135,15 @@ def train_cmd(a: argparse.Namespace) -> int:
         print(f"training on {train_file} ({len(train)} windows), "
               f"validating on {valid_file or 'nothing'}; checkpoints in {out}", flush=True)
     progress = not a.quiet and sys.stderr.isatty()
-    hist = fit(model, train, valid_file, checkpoint=out, resume=a.resume, progress=progress, log=not a.quiet,
-               **cfg["fit"])
+    try:
+        hist = fit(model, train, valid_file, checkpoint=out, resume=a.resume, progress=progress, log=not a.quiet,
+                   **cfg["fit"])
+    except SurrogateError:
+        # refused before any checkpoint: leave no run folder behind that holds only its description
+        if rank == 0 and fresh and [p.name for p in out.iterdir()] == ["run.json"]:
+            (out / "run.json").unlink()
+            out.rmdir()
+        raise
     if rank != 0:
         return 0
     path = save(model, out / "model.pt", provenance=probe.provenance)

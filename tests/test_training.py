@@ -325,6 +325,9 @@ def test_cli_train_errors_are_one_line(data, tmp_path):
     _one_line(_cli("train", tmp_path), "has no train split")
     bad.write_text("[fit]\nlr = -1.0\n")
     _one_line(_cli("train", data["train"], "--config", bad, "--out", tmp_path / "r"), "lr=-1.0")
+    bad.write_text('[fit]\nlbfgs = 2\nlbfgs_precondition = "yes"\n')
+    _one_line(_cli("train", data["train"], "--config", bad, "--out", tmp_path / "r"), "must be true or false")
+    assert not (tmp_path / "r").exists()  # an option refused by fit leaves no run folder
 
 
 def test_embed_copies_a_witness_exactly_and_lbfgs_can_start_from_it(data):

@@ -9,6 +9,7 @@ from .diagnostics import effective_stencil, fd_stencil, stencil_distance
 from .errors import SurrogateError
 from .evaluation import default_witness, error_split, evaluate, lipschitz_estimate, summarize, witness_in_class
 from .exact import embed, exact_channels, exact_surrogate
+from .gauss_newton import step_jacobian
 from .integrators import INTEGRATORS
 from .model import Surrogate, SurrogateConfig, build_surrogate, load, save
 from .published import KEY_MAP, load_published, published_config
@@ -23,5 +24,5 @@ __all__ = [
     "exact_channels", "exact_surrogate", "embed", "INTEGRATORS", "Surrogate", "SurrogateConfig", "build_surrogate",
     "load", "save", "KEY_MAP", "load_published", "published_config", "BoundaryPad", "StencilConv2d",
     "ConvVectorField", "evaluate", "summarize", "error_split", "default_witness", "witness_in_class",
-    "lipschitz_estimate", "WindowDataset", "receptive_halo", "fit", "window_loss", "__version__",
+    "lipschitz_estimate", "step_jacobian", "WindowDataset", "receptive_halo", "fit", "window_loss", "__version__",
 ]

@@ -270,8 +270,10 @@ train = ps.WindowDataset({str(data['train'])!r}, unroll=2, dtype=torch.float64)
 model = ps.build_surrogate(hidden=10, kernel_size=5, powers=(2,), substeps=3, init="stencil", dt=train.dt,
                            spacing=train.spacing, dtype=torch.float64)
 h = ps.fit(model, train, epochs=2, batch_size=6, curriculum=[1, 2], noise=1e-3, progress=False)
+# Levenberg-Marquardt: the Gauss-Newton system summed across processes
+lm = ps.fit(model, train, epochs=0, lm=2, lm_windows=4, progress=False)
 if int(os.environ.get("RANK", 0)) == 0:
-    json.dump(list(h.loss.values), open(sys.argv[1], "w"))
+    json.dump(list(h.loss.values) + [lm.attrs["lm_loss_before"], lm.attrs["lm_loss_after"]], open(sys.argv[1], "w"))
 """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], check=True, env=env)
@@ -350,3 +352,80 @@ def test_embed_copies_a_witness_exactly_and_lbfgs_can_start_from_it(data):
         ps.embed(w, ps.build_surrogate(hidden=4, kernel_size=5, powers=(2,), substeps=3, dt=one.dt))
     with pytest.raises(ps.SurrogateError, match="epochs=0 trains nothing"):
         ps.fit(model, one, epochs=0, progress=False)
+
+
+def _perturbed(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+@pytest.mark.parametrize("kernel_size2", [5, 1])
+def test_step_jacobian_matches_forward_mode_autodiff(kernel_size2):
+    from pdesurrogate.gauss_newton import _autodiff_jacobian, _fast_jacobian
+
+    model = _perturbed(ps.build_surrogate(hidden=3, kernel_size=5, kernel_size2=kernel_size2, powers=(2, 1),
+                                          substeps=2, init="stencil", dt=1e-3, spacing=(0.05, 0.05),
+                                          dtype=torch.float64))
+    u = torch.rand(2, 1, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    fast, out = _fast_jacobian(model, u, 2)
+    auto, out_auto = _autodiff_jacobian(model, u, 2, list(model.parameters()))
+    assert fast.shape == auto.shape == (2, sum(p.numel() for p in model.parameters()), 2, 1, 12, 12)
+    # the relu^1 channel's slope is zero below zero: a 0^0 = 1 there shows up as an O(1) difference
+    assert torch.allclose(fast, auto, rtol=0, atol=1e-14 * float(auto.abs().max()))
+    with torch.no_grad():
+        assert torch.allclose(out[1], model(model(u)), atol=1e-13) and torch.allclose(out, out_auto, atol=1e-13)
+
+
+def test_step_jacobian_of_other_integrators_is_the_derivative():
+    model = _perturbed(ps.build_surrogate(hidden=2, kernel_size=3, powers=(2,), substeps=2, integrator="heun",
+                                          dt=1e-2, dtype=torch.float64))
+    u = torch.rand(1, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    J, _ = ps.step_jacobian(model, u)
+    params = list(model.parameters())
+    v = torch.randn(J.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    base = torch.cat([p.detach().flatten() for p in params])
+    from pdesurrogate.gauss_newton import _set_flat
+
+    eps, outs = 1e-6, []
+    for sign in (1, -1):
+        _set_flat(params, base + sign * eps * v)
+        with torch.no_grad():
+            outs.append(model(u))
+    _set_flat(params, base)
+    fd = (outs[0] - outs[1]) / (2 * eps)
+    assert torch.allclose(torch.einsum("p,pbfxy->bfxy", v, J[0]), fd, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ps.SurrogateError, match="steps=0 must be a positive integer"):
+        ps.step_jacobian(model, u, steps=0)
+    with pytest.raises(ps.SurrogateError, match=r"in the model's dtype \(float64\)"):
+        ps.step_jacobian(model, u.float())
+
+
+def test_levenberg_marquardt_from_the_fd_stencils_beats_lbfgs(data):
+    one = ps.WindowDataset(data["train"], unroll=1, dtype=torch.float64)
+    w = ps.exact_surrogate(catalogue.fisher(), one.grid, one.dt, substeps=3, powers=(2,), dtype=torch.float64)
+    start = ps.embed(w, _paper_model(one, dtype=torch.float64))
+    lb = ps.embed(w, _paper_model(one, dtype=torch.float64))
+    hist_lb = ps.fit(lb, one, epochs=0, lbfgs=20, lbfgs_windows=8, progress=False)
+    hist = ps.fit(start, one, data["valid"], epochs=0, lm=4, lm_windows=8, valid_steps=5, progress=False)
+    a = hist.attrs
+    assert a["stopped"] == "Levenberg-Marquardt only" and a["lm_iterations"] == 4 and a["lm_kept"] == 1
+    # the same windows (the polish picks them by the seed): LM's loss, after 4 steps, far below L-BFGS's after 20
+    assert a["lm_loss_before"] == pytest.approx(hist_lb.attrs["lbfgs_loss_before"], rel=1e-9)
+    assert a["lm_loss_after"] < 0.2 * hist_lb.attrs["lbfgs_loss_after"], (a, hist_lb.attrs)
+    curve = json.loads(a["lm_valid_curve"])
+    after = float(ps.evaluate(start, data["valid"], steps=5).rel_l2.sel(step=5).mean())
+    assert len(curve) == 4 and after == pytest.approx(min(curve), rel=1e-12) == a["lm_valid"]
+    for bad, msg in (({"lm": -1}, "lm=-1 must be"), ({"lm": 2, "lm_windows": 0}, "lm_windows=0 must be")):
+        with pytest.raises(ps.SurrogateError, match=msg):
+            ps.fit(start, one, epochs=0, progress=False, **bad)
+    # two-step windows, relative loss: the squared relative errors go down
+    two = ps.WindowDataset(data["train"], unroll=2, dtype=torch.float64)
+    rel = ps.fit(start, two, epochs=0, lm=2, lm_windows=4, loss="relative", progress=False).attrs
+    assert rel["lm_iterations"] == 2 and rel["lm_loss_after"] < rel["lm_loss_before"]
+    halo = ps.receptive_halo(start, 1)
+    cropped = ps.WindowDataset(data["train"], unroll=1, crop=8, halo=halo, dtype=torch.float64)
+    with pytest.raises(ps.SurrogateError, match="lm= needs full-grid windows"):
+        ps.fit(start, cropped, epochs=0, lm=1, progress=False)

@@ -30,7 +30,8 @@ TRAIN_EPILOG = """configuration (TOML; every key optional):
            integrator = "euler", init = "stencil", constraint = "moments", ... (dt, spacing,
            boundary and fields come from the data)
   [fit]    any fit option: epochs = 10, batch_size = 4, curriculum = [1, 2, 3], loss = "mse",
-           noise = 1e-3, lr = 1e-3, schedule = "cosine", clip = 1.0, lbfgs = 0, patience = 5, ...
+           noise = 1e-3, lr = 1e-3, schedule = "cosine", clip = 1.0, lbfgs = 0, lm = 0, patience = 5,
+           ... (lm = N: Levenberg-Marquardt at the end; full grids, best with --float64)
 
 example:
   pdesurrogate train data/fisher --out runs/fisher --epochs 20"""

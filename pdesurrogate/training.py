@@ -150,7 +150,7 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
         epochs: int = 10, batch_size: int = 8, unroll: int | None = None, curriculum: Sequence[int] | None = None,
         loss: str = "mse", noise: float = 0.0, lr: float = 1e-3, weight_decay: float = 0.0,
         schedule: str | None = "cosine", clip: float | None = 1.0, lbfgs: int = 0, lbfgs_windows: int = 64,
-        lbfgs_check: int = 25, lbfgs_precondition: bool = False, lm: int = 0, lm_windows: int = 16,
+        lbfgs_check: int = 25, lbfgs_precondition: bool = False, lm: int = 0, lm_windows: int = 32,
         patience: int | None = None,
         valid_steps: int | None = None, valid_trajectories: Sequence[int] | None = None,
         checkpoint: str | os.PathLike | None = None, resume: bool = False, device: str | torch.device = "auto",
@@ -189,11 +189,11 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
             with the exact Jacobian (one column per parameter; see
             :func:`pdesurrogate.step_jacobian`), solved in the variables scaled by its column
             norms. The Jacobian of the paper's network (511 parameters) takes 0.7 s per 100 x 100
-            window on 2 cores with glibc's malloc keeping its large blocks (``docs/benchmarks.md``;
-            2.3 s without); from the finite-difference
-            stencils, where first-order methods stall on badly scaled weights, 15 iterations on 32
-            one-step windows reach what L-BFGS does not (``docs/benchmarks.md``). With ``valid``
-            the validation error is measured after every iteration and the best state kept.
+            window on 2 cores with glibc's malloc keeping its large blocks (2.3 s without); from
+            the finite-difference stencils, where first-order methods stall on badly scaled
+            weights, 15 iterations on 32 one-step windows reach what L-BFGS does not
+            (``docs/benchmarks.md``). With ``valid`` the validation error is measured after every
+            iteration and the best state kept.
         patience: stop after this many epochs without validation gain (``None``: never).
         valid_trajectories: trajectories of ``valid`` to score (default: all).
         checkpoint: folder for ``last.pt`` (after every epoch, with optimizer state; resumable)

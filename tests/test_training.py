@@ -329,6 +329,8 @@ def test_cli_train_errors_are_one_line(data, tmp_path):
     _one_line(_cli("train", data["train"], "--config", bad, "--out", tmp_path / "r"), "lr=-1.0")
     bad.write_text('[fit]\nlbfgs = 2\nlbfgs_precondition = "yes"\n')
     _one_line(_cli("train", data["train"], "--config", bad, "--out", tmp_path / "r"), "must be true or false")
+    bad.write_text("[fit]\nlm = -1\n")
+    _one_line(_cli("train", data["train"], "--config", bad, "--out", tmp_path / "r"), "lm=-1 must be an integer >= 0")
     assert not (tmp_path / "r").exists()  # an option refused by fit leaves no run folder
 
 
@@ -429,3 +431,7 @@ def test_levenberg_marquardt_from_the_fd_stencils_beats_lbfgs(data):
     cropped = ps.WindowDataset(data["train"], unroll=1, crop=8, halo=halo, dtype=torch.float64)
     with pytest.raises(ps.SurrogateError, match="lm= needs full-grid windows"):
         ps.fit(start, cropped, epochs=0, lm=1, progress=False)
+    with torch.no_grad():
+        start.vector_field.conv2.bias.fill_(float("nan"))
+    with pytest.raises(ps.SurrogateError, match="loss is not finite at the start"):
+        ps.fit(start, one, epochs=0, lm=1, lm_windows=2, progress=False)

@@ -217,7 +217,8 @@ def _set_flat(params, v: torch.Tensor) -> None:
 
 
 def lm_polish(model: Surrogate, windows: torch.Tensor | None, norm: float, params: list[torch.Tensor],
-              iterations: int, steps: int, loss: str, valid, allreduce) -> dict[str, Any]:
+              iterations: int, steps: int, loss: str, valid, start_valid: float | None,
+              allreduce) -> dict[str, Any]:
     """Levenberg-Marquardt on ``windows`` (this process's share); see ``fit(lm=...)``.
 
     ``norm`` turns the summed squared error of all processes' windows into
@@ -268,8 +269,7 @@ def lm_polish(model: Surrogate, windows: torch.Tensor | None, norm: float, param
     if not math.isfinite(first):
         raise SurrogateError("the Levenberg-Marquardt windows' loss is not finite at the start: the model's rollout "
                              "overflows; train with Adam first or start from a stable model")
-    v0 = valid()
-    best_v, best_p, curve = (v0 if v0 is not None else math.inf), start.clone(), []
+    best_v, best_p, curve = (start_valid if start_valid is not None else math.inf), start.clone(), []
     lam, nu, current, done = 1e-3, 2.0, first, 0
     t0 = time.perf_counter()
     for it in range(iterations):

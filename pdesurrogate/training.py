@@ -368,17 +368,14 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
     if lm:
         if best_state is not None:
             model.load_state_dict(best_state)
-        # the L-BFGS polish's windows (the first lm_windows of them)
-        g = torch.Generator().manual_seed(_seed(seed, 10 ** 6, 0))
-        pick = torch.randperm(len(train), generator=g)[:lm_windows].tolist()
-        mine = pick[rank::world]
-        windows = torch.stack([train[i] for i in mine]).to(dev) if mine else None
+        pick, windows = _polish_windows(train, lm_windows, seed, dev)  # the first of the L-BFGS polish's
         cells = train[pick[0]][0].numel()
         valid_fn = ((lambda: _valid_error(model, valid_src, valid_steps, valid_trajectories, dev, dtype))
                     if valid_src is not None else (lambda: None))
         model.eval()
+        # the model holds the best state so far, whose validation error is `best`
         attrs.update(lm_polish(model, windows, len(pick) * steps_max * (cells if loss == "mse" else 1), params, lm,
-                               steps_max, loss, valid_fn, _allreduce))
+                               steps_max, loss, valid_fn, best if valid_src is not None else None, _allreduce))
         best_state = None
         if attrs["lm_kept"] and valid_src is not None:
             best = attrs["lm_valid"]
@@ -432,13 +429,18 @@ def _seed(seed: int, epoch: int, stream: int) -> int:
 _OVERFLOW = 1e10
 
 
-def _polish(model, train, params, iterations, n_windows, check, precondition, steps, loss, seed, dev, valid_src,
-            valid_steps, valid_trajectories, dtype, best_state, best) -> dict[str, Any]:
+def _polish_windows(train, n: int, seed: int, dev) -> tuple[list[int], torch.Tensor | None]:
+    """The polish's ``n`` windows (seeded; a prefix of any larger draw) and this process's share."""
     rank, world = _dist()
     g = torch.Generator().manual_seed(_seed(seed, 10 ** 6, 0))
-    pick = torch.randperm(len(train), generator=g)[:n_windows].tolist()
+    pick = torch.randperm(len(train), generator=g)[:n].tolist()
     mine = pick[rank::world]
-    windows = torch.stack([train[i] for i in mine]).to(dev) if mine else None
+    return pick, (torch.stack([train[i] for i in mine]).to(dev) if mine else None)
+
+
+def _polish(model, train, params, iterations, n_windows, check, precondition, steps, loss, seed, dev, valid_src,
+            valid_steps, valid_trajectories, dtype, best_state, best) -> dict[str, Any]:
+    pick, windows = _polish_windows(train, n_windows, seed, dev)
     before = {n: t.detach().clone() for n, t in model.state_dict().items()}
     check = check if valid_src is not None else iterations
     gn_scales = _gauss_newton_scales(model, windows, params, train.crop, seed) if precondition else None

@@ -12,6 +12,11 @@ backward pass and an Adam step: the paper network (1 -> 10 -> 1 channels, 5x5 ke
 * ``crop``: ``S x S`` targets with the receptive halo, stepped with unpadded convolutions (its
   windows are smaller: compare target cells per second).
 
+A second table times, in isolation on inputs of the training shapes, each operation that one
+vector-field evaluation costs on the path ``fit`` uses, and adds them up over the iteration's
+``unroll x 3`` evaluations: a floor for any schedule built from these torch calls, set against
+the measured iteration and the 3x target.
+
     python benchmarks/train.py [--batch 8] [--unroll 5] [--quick] [--no-compile] [--device auto]
 
 Prints a table of medians and ratios and writes benchmarks/results/train.json. Run with
@@ -28,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 _HERE = str(Path(__file__).resolve().parent)
 sys.path = [p for p in sys.path if p not in ("", _HERE)]
@@ -38,6 +44,42 @@ from pdesurrogate.training import window_loss  # noqa: E402
 
 sys.path.append(_HERE)
 from _common import machine, median_time, table, write_json  # noqa: E402
+
+
+def op_floor(batch: int, evaluations: int, repeats: int, dev: torch.device) -> list[dict]:
+    """Median time of each operation of one paper-network evaluation (forward and backward) on
+    the path ``fit`` uses, at ``batch x 100 x 100``, float32, inputs of the training shapes."""
+    gen = torch.Generator().manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen).to(dev)
+
+    R, C, n = 2, 10, 100
+    u, g1 = rnd(batch, 1, n, n), rnd(batch, 1, n, n)
+    h, gh = rnd(batch, C, n, n), rnd(batch, C, n, n)
+    w1, w2 = rnd(C, 1, 5, 5), rnd(1, C, 5, 5)
+
+    def pad(x):
+        return F.pad(x, (R, R, R, R), mode="circular")
+
+    def act_fwd_bwd():
+        r = torch.relu(h)
+        return r ** 2, gh * 2 * r
+
+    ops = {
+        "K1 forward (1 -> 10)": lambda: stencil_conv._correlate(pad(u), w1),
+        "relu^2 and its derivative": act_fwd_bwd,
+        "K2 forward (10 -> 1)": lambda: stencil_conv._correlate(pad(h), w2),
+        "K2 input gradient (1 -> 10)": lambda: stencil_conv._correlate(pad(g1), w2.flip(-2, -1).transpose(0, 1)),
+        "K2 weight gradient": lambda: stencil_conv._weight_grad(h, g1, pad(g1), w2, R),
+        "K1 input gradient (10 -> 1)": lambda: stencil_conv._correlate(pad(gh), w1.flip(-2, -1).transpose(0, 1)),
+        "K1 weight gradient": lambda: stencil_conv._weight_grad(u, gh, pad(gh), w1, R),
+    }
+    rows = []
+    for name, fn in ops.items():
+        t = median_time(fn, repeats=max(repeats, 15), warmup=2, budget=5)
+        rows.append({"op": name, "ms": 1e3 * t, "per_iteration_ms": 1e3 * t * evaluations})
+    return rows
 
 
 def main() -> None:
@@ -121,9 +163,19 @@ def main() -> None:
                        ("speedup", "x torch backward (cells)", ".2f")]))
     if compile_s is not None:
         print(f"torch.compile: first iteration (compile) {compile_s:.1f} s")
+    floor = op_floor(a.batch, 3 * a.unroll, repeats, dev) if dev.type == "cpu" else []
+    if floor:
+        total = sum(r["per_iteration_ms"] for r in floor)
+        floor.append({"op": "sum", "ms": total / (3 * a.unroll), "per_iteration_ms": total})
+        print(f"\noperations of one evaluation in isolation (x {3 * a.unroll} evaluations per iteration):")
+        print(table(floor, [("op", "operation", "s"), ("ms", "median ms", ".3f"),
+                            ("per_iteration_ms", "ms per iteration", ".1f")]))
+        print(f"measured iteration {1e3 * times['eager']:.1f} ms; 3x the torch-backward baseline needs "
+              f"{1e3 * base / 3:.1f} ms")
     env = {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
     out = write_json("train", {"machine": machine(), "torch": torch.__version__, "device": where, "batch": a.batch,
-                               "unroll": a.unroll, "env": env, "compile_seconds": compile_s, "rows": rows})
+                               "unroll": a.unroll, "env": env, "compile_seconds": compile_s, "rows": rows,
+                               "op_floor": floor})
     print(f"wrote {out}")
 
 

@@ -160,7 +160,7 @@ class ZeroSum(nn.Module):
 ADJOINT_INPUT_GRAD = True
 
 
-def _correlate(xp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _correlate(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Valid correlation; many-to-few channels as per-channel (depthwise) correlations summed.
 
     On CPU torch 2.13 correlates 10 channels into 1 about 2.3x slower than the same work as ten
@@ -168,11 +168,12 @@ def _correlate(xp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """
     out_c, in_c = weight.shape[:2]
     if xp.device.type != "cpu" or out_c * 4 > in_c:
-        return F.conv2d(xp, weight)
+        return F.conv2d(xp, weight, bias)
     k = weight.shape[-1]
     w = weight.transpose(0, 1).reshape(in_c * out_c, 1, k, k)
     y = F.conv2d(xp, w, groups=in_c)
-    return y.view(y.shape[0], in_c, out_c, *y.shape[-2:]).sum(1)
+    y = y.view(y.shape[0], in_c, out_c, *y.shape[-2:]).sum(1)
+    return y if bias is None else y.add_(bias.view(1, -1, 1, 1))
 
 
 def _weight_grad_fft(x: torch.Tensor, g: torch.Tensor, R: int) -> torch.Tensor:
@@ -227,8 +228,7 @@ class _PeriodicConv(torch.autograd.Function):
         ctx.radius = R
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, weight)
-        y = _correlate(xp, weight)
-        return y if bias is None else y + bias.view(1, -1, 1, 1)
+        return _correlate(xp, weight, bias)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):

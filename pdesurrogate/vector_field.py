@@ -5,12 +5,72 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from . import stencil_conv
 from .activations import PowerReLU
-from .stencil_conv import StencilConv2d
+from .stencil_conv import StencilConv2d, _correlate, _weight_grad_direct
 
 __all__ = ["ConvVectorField"]
+
+
+def _zero_margin(x: torch.Tensor, m: int) -> torch.Tensor:
+    """``x`` with its outer ``m`` cells on each side set to zero, in place."""
+    x[..., :m, :].zero_()
+    x[..., -m:, :].zero_()
+    x[..., :, :m].zero_()
+    x[..., :, -m:].zero_()
+    return x
+
+
+class _PeriodicField(torch.autograd.Function):
+    """``K2 * relu(K1 * u + b1)^p + b2`` on a periodic grid, forward and backward by hand.
+
+    The hidden layer is computed on the grid widened by K2's radius ``r``: ``u`` is padded once by
+    ``2r`` (one field, cheap) and both correlations are valid, so no ten-channel tensor is ever
+    padded, and only ``u`` and ``relu(z)`` are kept for the backward pass. The backward pass
+    takes K2's adjoint on the same widened grid (``g`` padded by ``2r``), so the hidden gradient
+    arrives with the margin K1's adjoint needs; the weight gradients sum over the interior only,
+    by zeroing the margin once the input gradient is taken. Many-to-few weight gradients run as
+    few-to-many ones with the roles swapped (see ``stencil_conv._weight_grad``). Training the
+    paper's network costs about XXX of what the layer-by-layer path costs (benchmarks/train.py).
+    """
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
+                b2: torch.Tensor | None, power: int, r: int) -> torch.Tensor:
+        up = F.pad(u, (2 * r,) * 4, mode="circular")
+        a = _correlate(up, w1, b1).clamp_min_(0)
+        h = a if power == 1 else (a * a if power == 2 else a ** power)
+        ctx.save_for_backward(up, a, w1, w2)
+        ctx.power, ctx.r, ctx.biases = power, r, (b1 is not None, b2 is not None)
+        return _correlate(h, w2, b2)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        up, a, w1, w2 = ctx.saved_tensors
+        p, r = ctx.power, ctx.r
+        need_u, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
+        gp = F.pad(g.contiguous(), (2 * r,) * 4, mode="circular")
+        gu = gw1 = gb1 = gw2 = gb2 = None
+        if need_u or need_w1 or need_b1:
+            # the activation's derivative p a^(p-1): its factor p rides on the adjoint kernel
+            gz = _correlate(gp, w2.flip(-2, -1).transpose(0, 1) * p)  # on the widened grid, like a
+            gz.mul_(a > 0 if p == 1 else (a if p == 2 else a ** (p - 1)))
+            if need_u:
+                gu = _correlate(gz, w1.flip(-2, -1).transpose(0, 1))
+            _zero_margin(gz, r)
+            if need_w1 or need_b1:
+                gw1, gb1 = torch.ops.aten.convolution_backward(
+                    gz, up, w1, [w1.shape[0]] if need_b1 and ctx.biases[0] else None, (1, 1), (0, 0), (1, 1), False,
+                    (0, 0), 1, (False, need_w1, need_b1 and ctx.biases[0]))[1:]
+        if need_w2:
+            h = _zero_margin(a.clone() if p == 1 else (a * a if p == 2 else a ** p), r)
+            gw2 = _weight_grad_direct(gp, h, w2.transpose(0, 1).shape).flip(-2, -1).transpose(0, 1)
+        if need_b2 and ctx.biases[1]:
+            gb2 = g.sum(dim=(0, 2, 3))
+        return gu, gw1, gb1, gw2, gb2, None, None
 
 
 class ConvVectorField(nn.Module):
@@ -39,6 +99,21 @@ class ConvVectorField(nn.Module):
         # hidden channels have no wall data: they are continued as the field would be with value 0
         self.conv2 = StencilConv2d(hidden, fields, kernel_size2 or kernel_size, boundary, bias2, 0.0)
 
+    def _fused_radius(self, u: torch.Tensor) -> int | None:
+        """K2's radius where :class:`_PeriodicField` applies to ``u``, else None."""
+        c1, c2 = self.conv1, self.conv2
+        r = c2.kernel_size // 2
+        if (stencil_conv.ADJOINT_INPUT_GRAD and u.device.type == "cpu" and u.dim() == 4 and r > 0
+                and c1.kernel_size == c2.kernel_size and c1.pad.boundary == c2.pad.boundary == "periodic"
+                and not (c1.valid or c2.valid) and len(set(self.act.powers)) == 1 and 2 * r <= min(u.shape[-2:])
+                and u.shape[1] == self.fields):
+            return r
+        return None
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """F(U) for ``U (batch, fields, x, y)``."""
+        r = self._fused_radius(u)
+        if r is not None:
+            c1, c2 = self.conv1, self.conv2
+            return _PeriodicField.apply(u, c1.kernel, c1.bias_value, c2.kernel, c2.bias_value, self.act.powers[0], r)
         return self.conv2(self.act(self.conv1(u)))

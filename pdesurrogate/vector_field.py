@@ -15,6 +15,11 @@ from .stencil_conv import StencilConv2d, _correlate, _weight_grad_direct
 __all__ = ["ConvVectorField"]
 
 
+# windows per pass of _PeriodicField: a few windows' hidden layers stay in cache between the
+# correlations that produce and consume them (benchmarks/train.py)
+FUSED_CHUNK = 4
+
+
 def _zero_margin(x: torch.Tensor, m: int) -> torch.Tensor:
     """``x`` with its outer ``m`` cells on each side set to zero, in place."""
     x[..., :m, :].zero_()
@@ -39,38 +44,48 @@ class _PeriodicField(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
-                b2: torch.Tensor | None, power: int, r: int) -> torch.Tensor:
+                b2: torch.Tensor | None, power: int, r: int, chunk: int) -> torch.Tensor:
         up = F.pad(u, (2 * r,) * 4, mode="circular")
-        a = _correlate(up, w1, b1).clamp_min_(0)
-        h = a if power == 1 else (a * a if power == 2 else a ** power)
-        ctx.save_for_backward(up, a, w1, w2)
-        ctx.power, ctx.r, ctx.biases = power, r, (b1 is not None, b2 is not None)
-        return _correlate(h, w2, b2)
+        ys, acts = [], []
+        for i in range(0, u.shape[0], chunk):
+            a = _correlate(up[i:i + chunk], w1, b1).clamp_min_(0)
+            acts.append(a)
+            ys.append(_correlate(a if power == 1 else (a * a if power == 2 else a ** power), w2, b2))
+        ctx.save_for_backward(up, w1, w2, *acts)
+        ctx.power, ctx.r, ctx.chunk, ctx.biases = power, r, chunk, (b1 is not None, b2 is not None)
+        return ys[0] if len(ys) == 1 else torch.cat(ys)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        up, a, w1, w2 = ctx.saved_tensors
-        p, r = ctx.power, ctx.r
+        up, w1, w2, *acts = ctx.saved_tensors
+        p, r, chunk = ctx.power, ctx.r, ctx.chunk
         need_u, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
+        need_b1, need_b2 = need_b1 and ctx.biases[0], need_b2 and ctx.biases[1]
         gp = F.pad(g.contiguous(), (2 * r,) * 4, mode="circular")
-        gu = gw1 = gb1 = gw2 = gb2 = None
-        if need_u or need_w1 or need_b1:
-            # the activation's derivative p a^(p-1): its factor p rides on the adjoint kernel
-            gz = _correlate(gp, w2.flip(-2, -1).transpose(0, 1) * p)  # on the widened grid, like a
-            gz.mul_(a > 0 if p == 1 else (a if p == 2 else a ** (p - 1)))
-            if need_u:
-                gu = _correlate(gz, w1.flip(-2, -1).transpose(0, 1))
-            _zero_margin(gz, r)
-            if need_w1 or need_b1:
-                gw1, gb1 = torch.ops.aten.convolution_backward(
-                    gz, up, w1, [w1.shape[0]] if need_b1 and ctx.biases[0] else None, (1, 1), (0, 0), (1, 1), False,
-                    (0, 0), 1, (False, need_w1, need_b1 and ctx.biases[0]))[1:]
-        if need_w2:
-            h = _zero_margin(a.clone() if p == 1 else (a * a if p == 2 else a ** p), r)
-            gw2 = _weight_grad_direct(gp, h, w2.transpose(0, 1).shape).flip(-2, -1).transpose(0, 1)
-        if need_b2 and ctx.biases[1]:
-            gb2 = g.sum(dim=(0, 2, 3))
-        return gu, gw1, gb1, gw2, gb2, None, None
+        adj1, adj2 = w1.flip(-2, -1).transpose(0, 1), w2.flip(-2, -1).transpose(0, 1) * p
+        gus, gw1, gb1, gw2 = [], 0, 0, 0
+        for i, a in zip(range(0, g.shape[0], chunk), acts):
+            gpi = gp[i:i + chunk]
+            if need_u or need_w1 or need_b1:
+                # the activation's derivative p a^(p-1); its factor p rides on the adjoint kernel
+                gz = _correlate(gpi, adj2)  # on the widened grid, like a
+                gz.mul_(a > 0 if p == 1 else (a if p == 2 else a ** (p - 1)))
+                if need_u:
+                    gus.append(_correlate(gz, adj1))
+                _zero_margin(gz, r)
+                if need_w1 or need_b1:
+                    dw, db = torch.ops.aten.convolution_backward(
+                        gz, up[i:i + chunk], w1, [w1.shape[0]] if need_b1 else None, (1, 1), (0, 0), (1, 1), False,
+                        (0, 0), 1, (False, need_w1, need_b1))[1:]
+                    gw1 = gw1 + dw if need_w1 else None
+                    gb1 = gb1 + db if need_b1 else None
+            if need_w2:
+                h = _zero_margin(a.clone() if p == 1 else (a * a if p == 2 else a ** p), r)
+                gw2 = gw2 + _weight_grad_direct(gpi, h, w2.transpose(0, 1).shape)
+        gu = (gus[0] if len(gus) == 1 else torch.cat(gus)) if need_u else None
+        gw2 = gw2.flip(-2, -1).transpose(0, 1) if need_w2 else None
+        gb2 = g.sum(dim=(0, 2, 3)) if need_b2 else None
+        return (gu, gw1 if need_w1 else None, gb1 if need_b1 else None, gw2, gb2, None, None, None)
 
 
 class ConvVectorField(nn.Module):
@@ -115,5 +130,6 @@ class ConvVectorField(nn.Module):
         r = self._fused_radius(u)
         if r is not None:
             c1, c2 = self.conv1, self.conv2
-            return _PeriodicField.apply(u, c1.kernel, c1.bias_value, c2.kernel, c2.bias_value, self.act.powers[0], r)
+            return _PeriodicField.apply(u, c1.kernel, c1.bias_value, c2.kernel, c2.bias_value, self.act.powers[0], r,
+                                        FUSED_CHUNK)
         return self.conv2(self.act(self.conv1(u)))

@@ -5,17 +5,18 @@ backward pass and an Adam step: the paper network (1 -> 10 -> 1 channels, 5x5 ke
 3 Euler substeps) at 100 x 100 on the default Fisher family, float32 unless named. Cases:
 
 * ``eager, torch backward``: torch's own ``convolution_backward`` for every gradient;
-* ``eager`` (what ``fit`` uses): periodic convolutions take their input gradient as a forward
-  correlation with the adjoint kernel;
+* ``layer by layer``: periodic convolutions take their input gradient as a forward correlation
+  with the adjoint kernel, many-to-few weight gradients run with the roles swapped;
+* ``fused field`` (what ``fit`` uses on CPU): the whole vector field as one autograd function on
+  the grid widened by K2's radius, in chunks of 4 windows (``vector_field._PeriodicField``);
 * ``torch.compile``: the same model compiled (compile time reported apart, not in the median);
 * ``float64``: for scale;
 * ``crop``: ``S x S`` targets with the receptive halo, stepped with unpadded convolutions (its
   windows are smaller: compare target cells per second).
 
 A second table times, in isolation on inputs of the training shapes, each operation that one
-vector-field evaluation costs on the path ``fit`` uses, and adds them up over the iteration's
-``unroll x 3`` evaluations: a floor for any schedule built from these torch calls, set against
-the measured iteration and the 3x target.
+vector-field evaluation costs layer by layer, and adds them up over the iteration's ``unroll x 3``
+evaluations, set against the measured iteration and the 3x target.
 
     python benchmarks/train.py [--batch 8] [--unroll 5] [--quick] [--no-compile] [--device auto]
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -39,16 +41,19 @@ _HERE = str(Path(__file__).resolve().parent)
 sys.path = [p for p in sys.path if p not in ("", _HERE)]
 import datagen  # noqa: E402
 import pdesurrogate as ps  # noqa: E402
-from pdesurrogate import stencil_conv  # noqa: E402
+from pdesurrogate import stencil_conv, vector_field  # noqa: E402
 from pdesurrogate.training import window_loss  # noqa: E402
 
 sys.path.append(_HERE)
 from _common import machine, median_time, table, write_json  # noqa: E402
 
 
+FIT = "fused field (what fit uses)"
+
+
 def op_floor(batch: int, evaluations: int, repeats: int, dev: torch.device) -> list[dict]:
     """Median time of each operation of one paper-network evaluation (forward and backward) on
-    the path ``fit`` uses, at ``batch x 100 x 100``, float32, inputs of the training shapes."""
+    the layer-by-layer path, at ``batch x 100 x 100``, float32, inputs of the training shapes."""
     gen = torch.Generator().manual_seed(0)
 
     def rnd(*shape):
@@ -114,28 +119,30 @@ def main() -> None:
         def batch(ds, dtype=torch.float32):
             return torch.stack([ds[i] for i in range(a.batch)]).to(dev, dtype)
 
-        def iteration(model, windows, k, crop=None):
+        def iteration(model, windows, k, crop=None, fused=True, adjoint=True):
             opt = torch.optim.Adam(model.parameters(), lr=1e-6)
 
             def run():
-                opt.zero_grad()
-                window_loss(model, windows, k, crop=crop).mean().backward()
-                opt.step()
-                sync()
+                vector_field.FUSED, stencil_conv.ADJOINT_INPUT_GRAD = fused, adjoint
+                try:
+                    opt.zero_grad()
+                    window_loss(model, windows, k, crop=crop).mean().backward()
+                    opt.step()
+                    sync()
+                finally:
+                    vector_field.FUSED, stencil_conv.ADJOINT_INPUT_GRAD = True, True
             return run
 
         halo = ps.receptive_halo(build(), 1)
         cropped = ps.WindowDataset(path, unroll=1, crop=a.crop, halo=halo)
         cases = {}
         w32, w64 = batch(full), batch(full, torch.float64)
-        stencil_conv.ADJOINT_INPUT_GRAD = False
-        cases["eager, torch backward"] = (iteration(build(), w32, a.unroll), a.unroll, 100 * 100)
-        t = median_time(cases["eager, torch backward"][0], repeats=repeats, warmup=1, budget=30)
-        times = {"eager, torch backward": t}
-        stencil_conv.ADJOINT_INPUT_GRAD = True
-        cases["eager"] = (iteration(build(), w32, a.unroll), a.unroll, 100 * 100)
+        cases["eager, torch backward"] = (iteration(build(), w32, a.unroll, fused=False, adjoint=False), a.unroll,
+                                          100 * 100)
+        cases["layer by layer"] = (iteration(build(), w32, a.unroll, fused=False), a.unroll, 100 * 100)
+        cases[FIT] = (iteration(build(), w32, a.unroll), a.unroll, 100 * 100)
         cases["float64"] = (iteration(build(torch.float64), w64, a.unroll), a.unroll, 100 * 100)
-        cases["eager, unroll 1"] = (iteration(build(), batch(one), 1), 1, 100 * 100)
+        cases["unroll 1"] = (iteration(build(), batch(one), 1), 1, 100 * 100)
         cases[f"crop {a.crop} + halo {halo}, unroll 1"] = (iteration(build(), batch(cropped), 1, crop=a.crop), 1,
                                                           a.crop * a.crop)
         compile_s = None
@@ -143,13 +150,18 @@ def main() -> None:
             m = build()
             m.vector_field = torch.compile(m.vector_field)
             t0 = time.perf_counter()
-            run = iteration(m, w32, a.unroll)
+            run = iteration(m, w32, a.unroll, fused=False)
             run()
             compile_s = time.perf_counter() - t0
-            cases["torch.compile"] = (run, a.unroll, 100 * 100)
-        for name, (fn, _, _) in cases.items():
-            if name not in times:
-                times[name] = median_time(fn, repeats=repeats, warmup=1, budget=30)
+            cases["torch.compile (layer by layer)"] = (run, a.unroll, 100 * 100)
+        times = {name: median_time(fn, repeats=repeats, warmup=1, budget=30) for name, (fn, _, _) in cases.items()}
+        # the cases ran one after another; the baseline and what fit uses again, alternating, so
+        # that their ratio does not ride on a change of machine speed between them
+        pair = {"eager, torch backward": [], FIT: []}
+        for _ in range(3 * repeats):
+            for name in pair:
+                pair[name].append(median_time(cases[name][0], repeats=1, warmup=0))
+        times.update({name: statistics.median(v) for name, v in pair.items()})
     base = times["eager, torch backward"]
     rows = []
     for name, (_, k, cells) in cases.items():
@@ -170,8 +182,8 @@ def main() -> None:
         print(f"\noperations of one evaluation in isolation (x {3 * a.unroll} evaluations per iteration):")
         print(table(floor, [("op", "operation", "s"), ("ms", "median ms", ".3f"),
                             ("per_iteration_ms", "ms per iteration", ".1f")]))
-        print(f"measured iteration {1e3 * times['eager']:.1f} ms; 3x the torch-backward baseline needs "
-              f"{1e3 * base / 3:.1f} ms")
+        print(f"measured iteration layer by layer {1e3 * times['layer by layer']:.1f} ms; 3x the torch-backward "
+              f"baseline needs {1e3 * base / 3:.1f} ms")
     env = {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
     out = write_json("train", {"machine": machine(), "torch": torch.__version__, "device": where, "batch": a.batch,
                                "unroll": a.unroll, "env": env, "compile_seconds": compile_s, "rows": rows,

@@ -15,8 +15,10 @@ from .stencil_conv import StencilConv2d, _correlate, _weight_grad_direct
 __all__ = ["ConvVectorField"]
 
 
-# windows per pass of _PeriodicField: a few windows' hidden layers stay in cache between the
-# correlations that produce and consume them (benchmarks/train.py)
+# False evaluates layer by layer (benchmarks/train.py compares the two)
+FUSED = True
+# at most this many windows per pass of _PeriodicField: a few windows' hidden layers stay in
+# cache between the correlations that produce and consume them (benchmarks/train.py)
 FUSED_CHUNK = 4
 
 
@@ -62,12 +64,12 @@ class _PeriodicField(torch.autograd.Function):
         need_u, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
         need_b1, need_b2 = need_b1 and ctx.biases[0], need_b2 and ctx.biases[1]
         gp = F.pad(g.contiguous(), (2 * r,) * 4, mode="circular")
+        # the activation's derivative is p a^(p-1): its factor p rides on K2's adjoint kernel
         adj1, adj2 = w1.flip(-2, -1).transpose(0, 1), w2.flip(-2, -1).transpose(0, 1) * p
-        gus, gw1, gb1, gw2 = [], 0, 0, 0
+        gus, gw1s, gb1s, gw2s = [], [], [], []
         for i, a in zip(range(0, g.shape[0], chunk), acts):
             gpi = gp[i:i + chunk]
             if need_u or need_w1 or need_b1:
-                # the activation's derivative p a^(p-1); its factor p rides on the adjoint kernel
                 gz = _correlate(gpi, adj2)  # on the widened grid, like a
                 gz.mul_(a > 0 if p == 1 else (a if p == 2 else a ** (p - 1)))
                 if need_u:
@@ -77,15 +79,17 @@ class _PeriodicField(torch.autograd.Function):
                     dw, db = torch.ops.aten.convolution_backward(
                         gz, up[i:i + chunk], w1, [w1.shape[0]] if need_b1 else None, (1, 1), (0, 0), (1, 1), False,
                         (0, 0), 1, (False, need_w1, need_b1))[1:]
-                    gw1 = gw1 + dw if need_w1 else None
-                    gb1 = gb1 + db if need_b1 else None
+                    gw1s.append(dw)
+                    gb1s.append(db)
             if need_w2:
                 h = _zero_margin(a.clone() if p == 1 else (a * a if p == 2 else a ** p), r)
-                gw2 = gw2 + _weight_grad_direct(gpi, h, w2.transpose(0, 1).shape)
+                gw2s.append(_weight_grad_direct(gpi, h, w2.transpose(0, 1).shape))
         gu = (gus[0] if len(gus) == 1 else torch.cat(gus)) if need_u else None
-        gw2 = gw2.flip(-2, -1).transpose(0, 1) if need_w2 else None
+        gw1 = sum(gw1s[1:], gw1s[0]) if need_w1 else None
+        gb1 = sum(gb1s[1:], gb1s[0]) if need_b1 else None
+        gw2 = sum(gw2s[1:], gw2s[0]).flip(-2, -1).transpose(0, 1) if need_w2 else None
         gb2 = g.sum(dim=(0, 2, 3)) if need_b2 else None
-        return (gu, gw1 if need_w1 else None, gb1 if need_b1 else None, gw2, gb2, None, None, None)
+        return gu, gw1, gb1, gw2, gb2, None, None, None
 
 
 class ConvVectorField(nn.Module):
@@ -114,14 +118,20 @@ class ConvVectorField(nn.Module):
         # hidden channels have no wall data: they are continued as the field would be with value 0
         self.conv2 = StencilConv2d(hidden, fields, kernel_size2 or kernel_size, boundary, bias2, 0.0)
 
+    @property
+    def fusable(self) -> bool:
+        """Whether CPU evaluations take the fused periodic path (:class:`_PeriodicField`): periodic,
+        K1 and K2 of one width above 1, one activation power."""
+        c1, c2 = self.conv1, self.conv2
+        return (FUSED and stencil_conv.ADJOINT_INPUT_GRAD and c1.kernel_size == c2.kernel_size > 1
+                and c1.pad.boundary == c2.pad.boundary == "periodic" and len(set(self.act.powers)) == 1)
+
     def _fused_radius(self, u: torch.Tensor) -> int | None:
         """K2's radius where :class:`_PeriodicField` applies to ``u``, else None."""
         c1, c2 = self.conv1, self.conv2
         r = c2.kernel_size // 2
-        if (stencil_conv.ADJOINT_INPUT_GRAD and u.device.type == "cpu" and u.dim() == 4 and r > 0
-                and c1.kernel_size == c2.kernel_size and c1.pad.boundary == c2.pad.boundary == "periodic"
-                and not (c1.valid or c2.valid) and len(set(self.act.powers)) == 1 and 2 * r <= min(u.shape[-2:])
-                and u.shape[1] == self.fields):
+        if (self.fusable and u.device.type == "cpu" and u.dim() == 4 and not (c1.valid or c2.valid)
+                and 2 * r <= min(u.shape[-2:]) and u.shape[1] == self.fields):
             return r
         return None
 

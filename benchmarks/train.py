@@ -18,7 +18,10 @@ A second table times, in isolation on inputs of the training shapes, each operat
 vector-field evaluation costs layer by layer, and adds them up over the iteration's ``unroll x 3``
 evaluations, set against the measured iteration and the 3x target.
 
-    python benchmarks/train.py [--batch 8] [--unroll 5] [--quick] [--no-compile] [--device auto]
+    python benchmarks/train.py [--batch 8] [--unroll 5] [--quick] [--no-compile] [--device auto] [--rounds 3]
+
+On CPU a last table runs the baseline and what ``fit`` uses side by side, alternating, in fresh
+processes with and without the malloc variables below (``--rounds 0`` skips it).
 
 Prints a table of medians and ratios and writes benchmarks/results/train.json. Run with
 MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 (docs/benchmarks.md).
@@ -27,8 +30,10 @@ MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 (docs/bench
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +53,31 @@ sys.path.append(_HERE)
 from _common import machine, median_time, table, write_json  # noqa: E402
 
 
+BASE = "eager, torch backward"
 FIT = "fused field (what fit uses)"
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+PAIR_SECONDS = 12.0
+
+
+def side_by_side(a: argparse.Namespace) -> list[dict]:
+    """The baseline and what ``fit`` uses, alternating in child processes started with and
+    without the malloc variables (they only act at process start), environments interleaved
+    round by round: on a shared machine the speed drifts, and a ratio of medians taken apart
+    in time rides on that drift."""
+    envs = {"default": {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}, "malloc tuned": {
+        **os.environ, **MALLOC_ENV}}
+    cmd = [sys.executable, __file__, "--pair", str(PAIR_SECONDS), "--batch", str(a.batch), "--unroll", str(a.unroll)]
+    samples = {(e, c): [] for e in envs for c in (BASE, FIT)}
+    for _ in range(a.rounds):
+        for e, env in envs.items():
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if p.returncode:
+                raise SystemExit(f"side-by-side child failed: {p.stderr.strip().splitlines()[-1:]}")
+            for c, v in json.loads(p.stdout.strip().splitlines()[-1]).items():
+                samples[(e, c)] += v
+    base = statistics.median(samples[("default", BASE)])
+    return [{"environment": e, "case": c, "seconds": statistics.median(v), "iterations": len(v),
+             "speedup": base / statistics.median(v)} for (e, c), v in samples.items()]
 
 
 def op_floor(batch: int, evaluations: int, repeats: int, dev: torch.device) -> list[dict]:
@@ -95,6 +124,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile takes a minute here)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="CPU: rounds of the side-by-side child processes, each environment once per round (default 3)")
+    ap.add_argument("--pair", type=float, default=None, help=argparse.SUPPRESS)  # child: seconds of alternation
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
@@ -133,12 +165,25 @@ def main() -> None:
                     vector_field.FUSED, stencil_conv.ADJOINT_INPUT_GRAD = True, True
             return run
 
+        if a.pair is not None:  # child process of side_by_side
+            runs = {BASE: iteration(build(), batch(full), a.unroll, fused=False, adjoint=False),
+                    FIT: iteration(build(), batch(full), a.unroll)}
+            samples: dict[str, list[float]] = {name: [] for name in runs}
+            for run in runs.values():
+                run()
+            end = time.perf_counter() + a.pair
+            while time.perf_counter() < end:
+                for name, run in runs.items():
+                    t = time.perf_counter()
+                    run()
+                    samples[name].append(time.perf_counter() - t)
+            print(json.dumps(samples))
+            return
         halo = ps.receptive_halo(build(), 1)
         cropped = ps.WindowDataset(path, unroll=1, crop=a.crop, halo=halo)
         cases = {}
         w32, w64 = batch(full), batch(full, torch.float64)
-        cases["eager, torch backward"] = (iteration(build(), w32, a.unroll, fused=False, adjoint=False), a.unroll,
-                                          100 * 100)
+        cases[BASE] = (iteration(build(), w32, a.unroll, fused=False, adjoint=False), a.unroll, 100 * 100)
         cases["layer by layer"] = (iteration(build(), w32, a.unroll, fused=False), a.unroll, 100 * 100)
         cases[FIT] = (iteration(build(), w32, a.unroll), a.unroll, 100 * 100)
         cases["float64"] = (iteration(build(torch.float64), w64, a.unroll), a.unroll, 100 * 100)
@@ -157,12 +202,12 @@ def main() -> None:
         times = {name: median_time(fn, repeats=repeats, warmup=1, budget=30) for name, (fn, _, _) in cases.items()}
         # the cases ran one after another; the baseline and what fit uses again, alternating, so
         # that their ratio does not ride on a change of machine speed between them
-        pair = {"eager, torch backward": [], FIT: []}
+        pair = {BASE: [], FIT: []}
         for _ in range(3 * repeats):
             for name in pair:
                 pair[name].append(median_time(cases[name][0], repeats=1, warmup=0))
         times.update({name: statistics.median(v) for name, v in pair.items()})
-    base = times["eager, torch backward"]
+    base = times[BASE]
     rows = []
     for name, (_, k, cells) in cases.items():
         ws = a.batch * k / times[name]
@@ -184,10 +229,17 @@ def main() -> None:
                             ("per_iteration_ms", "ms per iteration", ".1f")]))
         print(f"measured iteration layer by layer {1e3 * times['layer by layer']:.1f} ms; 3x the torch-backward "
               f"baseline needs {1e3 * base / 3:.1f} ms")
-    env = {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+    sides = side_by_side(a) if dev.type == "cpu" and a.rounds > 0 else []
+    if sides:
+        print(f"\nside by side in fresh processes, {a.rounds} rounds of {PAIR_SECONDS:.0f} s per environment, "
+              "the two cases alternating iteration by iteration in each (medians over all iterations):")
+        print(table(sides, [("environment", "environment", "s"), ("case", "case", "s"),
+                            ("seconds", "median s / iteration", ".4f"), ("iterations", "iterations", "d"),
+                            ("speedup", "x torch backward in the default environment", ".2f")]))
+    env = {k: os.environ.get(k) for k in MALLOC_ENV}
     out = write_json("train", {"machine": machine(), "torch": torch.__version__, "device": where, "batch": a.batch,
                                "unroll": a.unroll, "env": env, "compile_seconds": compile_s, "rows": rows,
-                               "op_floor": floor})
+                               "op_floor": floor, "side_by_side": sides})
     print(f"wrote {out}")
 
 

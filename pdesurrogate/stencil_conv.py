@@ -160,20 +160,30 @@ class ZeroSum(nn.Module):
 ADJOINT_INPUT_GRAD = True
 
 
-def _correlate(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Valid correlation; many-to-few channels as per-channel (depthwise) correlations summed.
+def _correlator(weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """The valid correlation with ``weight`` (+ ``bias``) as a function of the padded input, its
+    kernels arranged once; many-to-few channels on CPU as per-channel (depthwise) correlations
+    summed.
 
     On CPU torch 2.13 correlates 10 channels into 1 about 2.3x slower than the same work as ten
     depthwise correlations and a sum (1->10, the other direction, is fast either way).
     """
     out_c, in_c = weight.shape[:2]
-    if xp.device.type != "cpu" or out_c * 4 > in_c:
-        return F.conv2d(xp, weight, bias)
+    if weight.device.type != "cpu" or out_c * 4 > in_c:
+        return lambda xp: F.conv2d(xp, weight, bias)
     k = weight.shape[-1]
     w = weight.transpose(0, 1).reshape(in_c * out_c, 1, k, k)
-    y = F.conv2d(xp, w, groups=in_c)
-    y = y.view(y.shape[0], in_c, out_c, *y.shape[-2:]).sum(1)
-    return y if bias is None else y.add_(bias.view(1, -1, 1, 1))
+    b = None if bias is None else torch.cat([bias, bias.new_zeros((in_c - 1) * out_c)])  # added once, by channel 0
+
+    def correlate(xp: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(xp, w, b, groups=in_c)
+        return y.view(y.shape[0], in_c, out_c, *y.shape[-2:]).sum(1)
+    return correlate
+
+
+def _correlate(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Valid correlation of the padded ``xp`` (see :func:`_correlator`)."""
+    return _correlator(weight, bias)(xp)
 
 
 def _weight_grad_fft(x: torch.Tensor, g: torch.Tensor, R: int) -> torch.Tensor:

@@ -7,10 +7,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from . import stencil_conv
 from .activations import PowerReLU
-from .stencil_conv import StencilConv2d, _correlate, _weight_grad_direct
+from .stencil_conv import StencilConv2d, _correlator, _weight_grad_direct
 
 __all__ = ["ConvVectorField"]
 
@@ -48,32 +49,36 @@ class _PeriodicField(torch.autograd.Function):
     def forward(ctx, u: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
                 b2: torch.Tensor | None, power: int, r: int, chunk: int) -> torch.Tensor:
         up = F.pad(u, (2 * r,) * 4, mode="circular")
-        ys, acts = [], []
+        k1, k2 = _correlator(w1, b1), _correlator(w2, b2)
+        ys, saved = [], []
         for i in range(0, u.shape[0], chunk):
-            a = _correlate(up[i:i + chunk], w1, b1).clamp_min_(0)
-            acts.append(a)
-            ys.append(_correlate(a if power == 1 else (a * a if power == 2 else a ** power), w2, b2))
-        ctx.save_for_backward(up, w1, w2, *acts)
+            a = k1(up[i:i + chunk]).clamp_min_(0)
+            h = a if power == 1 else (a * a if power == 2 else a ** power)
+            saved += [a, h]
+            ys.append(k2(h))
+        ctx.save_for_backward(up, w1, w2, *saved)
         ctx.power, ctx.r, ctx.chunk, ctx.biases = power, r, chunk, (b1 is not None, b2 is not None)
         return ys[0] if len(ys) == 1 else torch.cat(ys)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g: torch.Tensor):
-        up, w1, w2, *acts = ctx.saved_tensors
+        up, w1, w2, *saved = ctx.saved_tensors
         p, r, chunk = ctx.power, ctx.r, ctx.chunk
         need_u, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
         need_b1, need_b2 = need_b1 and ctx.biases[0], need_b2 and ctx.biases[1]
-        gp = F.pad(g.contiguous(), (2 * r,) * 4, mode="circular")
+        g = g.contiguous()
+        gp = F.pad(g, (2 * r,) * 4, mode="circular")
         # the activation's derivative is p a^(p-1): its factor p rides on K2's adjoint kernel
-        adj1, adj2 = w1.flip(-2, -1).transpose(0, 1), w2.flip(-2, -1).transpose(0, 1) * p
+        adj1, adj2 = _correlator(w1.flip(-2, -1).transpose(0, 1)), _correlator(w2.flip(-2, -1).transpose(0, 1) * p)
         gus, gw1s, gb1s, gw2s = [], [], [], []
-        for i, a in zip(range(0, g.shape[0], chunk), acts):
+        for i, a, h in zip(range(0, g.shape[0], chunk), saved[::2], saved[1::2]):
             gpi = gp[i:i + chunk]
             if need_u or need_w1 or need_b1:
-                gz = _correlate(gpi, adj2)  # on the widened grid, like a
+                gz = adj2(gpi)  # on the widened grid, like a
                 gz.mul_(a > 0 if p == 1 else (a if p == 2 else a ** (p - 1)))
                 if need_u:
-                    gus.append(_correlate(gz, adj1))
+                    gus.append(adj1(gz))
                 _zero_margin(gz, r)
                 if need_w1 or need_b1:
                     dw, db = torch.ops.aten.convolution_backward(
@@ -82,8 +87,10 @@ class _PeriodicField(torch.autograd.Function):
                     gw1s.append(dw)
                     gb1s.append(db)
             if need_w2:
-                h = _zero_margin(a.clone() if p == 1 else (a * a if p == 2 else a ** p), r)
-                gw2s.append(_weight_grad_direct(gpi, h, w2.transpose(0, 1).shape))
+                # sum_x g(x) h(x + d) over the interior x is sum_y h(y) g0(y - d) over the widened
+                # grid, with g0 = g padded by zeros: no margin of h to clear
+                g0 = F.pad(g[i:i + chunk], (2 * r,) * 4)
+                gw2s.append(_weight_grad_direct(g0, h, w2.transpose(0, 1).shape))
         gu = (gus[0] if len(gus) == 1 else torch.cat(gus)) if need_u else None
         gw1 = sum(gw1s[1:], gw1s[0]) if need_w1 else None
         gb1 = sum(gb1s[1:], gb1s[0]) if need_b1 else None

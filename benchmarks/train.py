@@ -20,8 +20,9 @@ evaluations, set against the measured iteration and the 3x target.
 
     python benchmarks/train.py [--batch 8] [--unroll 5] [--quick] [--no-compile] [--device auto] [--rounds 3]
 
-On CPU a last table runs the baseline and what ``fit`` uses side by side, alternating, in fresh
-processes with and without the malloc variables below (``--rounds 0`` skips it).
+On CPU a last table runs the baseline and what ``fit`` does (the fused field with
+``ps.malloc_tuned``) each in fresh processes, with and without the malloc variables below,
+interleaved round by round (``--rounds 0`` skips it).
 
 Prints a table of medians and ratios and writes benchmarks/results/train.json. Run with
 MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 (docs/benchmarks.md).
@@ -60,21 +61,22 @@ PAIR_SECONDS = 12.0
 
 
 def side_by_side(a: argparse.Namespace) -> list[dict]:
-    """The baseline and what ``fit`` uses, alternating in child processes started with and
-    without the malloc variables (they only act at process start), environments interleaved
-    round by round: on a shared machine the speed drifts, and a ratio of medians taken apart
-    in time rides on that drift."""
-    envs = {"default": {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}, "malloc tuned": {
-        **os.environ, **MALLOC_ENV}}
+    """The baseline and what ``fit`` does (the fused field, inside ``ps.malloc_tuned`` as ``fit``
+    runs), each in its own fresh process, started with and without the malloc variables (which
+    act at process start only); the four interleaved round by round, because on a shared
+    machine the speed drifts and a ratio of medians taken apart in time rides on that drift."""
+    envs = {"default": {k: v for k, v in os.environ.items() if k not in MALLOC_ENV},
+            "MALLOC_* variables": {**os.environ, **MALLOC_ENV}}
     cmd = [sys.executable, __file__, "--pair", str(PAIR_SECONDS), "--batch", str(a.batch), "--unroll", str(a.unroll)]
     samples = {(e, c): [] for e in envs for c in (BASE, FIT)}
     for _ in range(a.rounds):
         for e, env in envs.items():
-            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if p.returncode:
-                raise SystemExit(f"side-by-side child failed: {p.stderr.strip().splitlines()[-1:]}")
-            for c, v in json.loads(p.stdout.strip().splitlines()[-1]).items():
-                samples[(e, c)] += v
+            for c in (BASE, FIT):
+                p = subprocess.run(cmd + ["--case", "fit" if c == FIT else "base"], capture_output=True, text=True,
+                                   env=env)
+                if p.returncode:
+                    raise SystemExit(f"side-by-side child failed: {p.stderr.strip().splitlines()[-1:]}")
+                samples[(e, c)] += json.loads(p.stdout.strip().splitlines()[-1])
     base = statistics.median(samples[("default", BASE)])
     return [{"environment": e, "case": c, "seconds": statistics.median(v), "iterations": len(v),
              "speedup": base / statistics.median(v)} for (e, c), v in samples.items()]
@@ -126,7 +128,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     ap.add_argument("--rounds", type=int, default=3,
                     help="CPU: rounds of the side-by-side child processes, each environment once per round (default 3)")
-    ap.add_argument("--pair", type=float, default=None, help=argparse.SUPPRESS)  # child: seconds of alternation
+    ap.add_argument("--pair", type=float, default=None, help=argparse.SUPPRESS)  # child: seconds of one case
+    ap.add_argument("--case", default="fit", help=argparse.SUPPRESS)  # child: base | fit
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
@@ -165,18 +168,17 @@ def main() -> None:
                     vector_field.FUSED, stencil_conv.ADJOINT_INPUT_GRAD = True, True
             return run
 
-        if a.pair is not None:  # child process of side_by_side
-            runs = {BASE: iteration(build(), batch(full), a.unroll, fused=False, adjoint=False),
-                    FIT: iteration(build(), batch(full), a.unroll)}
-            samples: dict[str, list[float]] = {name: [] for name in runs}
-            for run in runs.values():
+        if a.pair is not None:  # child process of side_by_side: one case, as fit would run it
+            fit_case = a.case == "fit"
+            run = iteration(build(), batch(full), a.unroll, fused=fit_case, adjoint=fit_case)
+            samples = []
+            with ps.malloc_tuned(fit_case):
                 run()
-            end = time.perf_counter() + a.pair
-            while time.perf_counter() < end:
-                for name, run in runs.items():
+                end = time.perf_counter() + a.pair
+                while time.perf_counter() < end:
                     t = time.perf_counter()
                     run()
-                    samples[name].append(time.perf_counter() - t)
+                    samples.append(time.perf_counter() - t)
             print(json.dumps(samples))
             return
         halo = ps.receptive_halo(build(), 1)
@@ -231,8 +233,8 @@ def main() -> None:
               f"baseline needs {1e3 * base / 3:.1f} ms")
     sides = side_by_side(a) if dev.type == "cpu" and a.rounds > 0 else []
     if sides:
-        print(f"\nside by side in fresh processes, {a.rounds} rounds of {PAIR_SECONDS:.0f} s per environment, "
-              "the two cases alternating iteration by iteration in each (medians over all iterations):")
+        print(f"\nside by side, each case in its own fresh process, {a.rounds} rounds of {PAIR_SECONDS:.0f} s each, "
+              "interleaved (medians over all iterations):")
         print(table(sides, [("environment", "environment", "s"), ("case", "case", "s"),
                             ("seconds", "median s / iteration", ".4f"), ("iterations", "iterations", "d"),
                             ("speedup", "x torch backward in the default environment", ".2f")]))

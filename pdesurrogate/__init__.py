@@ -14,7 +14,7 @@ from .integrators import INTEGRATORS
 from .model import Surrogate, SurrogateConfig, build_surrogate, load, save
 from .published import KEY_MAP, load_published, published_config
 from .stencil_conv import BoundaryPad, StencilConv2d
-from .training import fit, window_loss
+from .training import fit, malloc_tuned, window_loss
 from .vector_field import ConvVectorField
 
 __version__ = "0.1.0"
@@ -24,5 +24,6 @@ __all__ = [
     "exact_channels", "exact_surrogate", "embed", "INTEGRATORS", "Surrogate", "SurrogateConfig", "build_surrogate",
     "load", "save", "KEY_MAP", "load_published", "published_config", "BoundaryPad", "StencilConv2d",
     "ConvVectorField", "evaluate", "summarize", "error_split", "default_witness", "witness_in_class",
-    "lipschitz_estimate", "step_jacobian", "WindowDataset", "receptive_halo", "fit", "window_loss", "__version__",
+    "lipschitz_estimate", "step_jacobian", "WindowDataset", "receptive_halo", "fit", "window_loss", "malloc_tuned",
+    "__version__",
 ]

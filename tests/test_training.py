@@ -340,7 +340,15 @@ def test_embed_copies_a_witness_exactly_and_lbfgs_can_start_from_it(data):
                            accuracy="max", kernel_size=5, k2_derivatives=True, truncate=True, dtype=torch.float64)
     model = ps.embed(w, _paper_model(one, dtype=torch.float64))
     u = torch.rand(2, 1, 32, 32, dtype=torch.float64)
-    assert torch.equal(model(u), w(u))
+    from pdesurrogate import vector_field
+
+    vector_field.FUSED = False  # layer by layer the zero-padded kernels give the same bytes
+    try:
+        assert torch.equal(model(u), w(u))
+    finally:
+        vector_field.FUSED = True
+    with torch.no_grad():  # the fused field (the witness's 3x3 K2 is not fused) sums in another order
+        torch.testing.assert_close(model(u), w(u), rtol=1e-13, atol=0)
     start = float(ps.evaluate(model, data["valid"], steps=5).rel_l2.sel(step=5).mean())
     hist = ps.fit(model, one, data["valid"], epochs=0, lbfgs=6, lbfgs_check=2, lbfgs_windows=16, valid_steps=5,
                   progress=False)
@@ -435,3 +443,44 @@ def test_levenberg_marquardt_from_the_fd_stencils_beats_lbfgs(data):
         start.vector_field.conv2.bias.fill_(float("nan"))
     with pytest.raises(ps.SurrogateError, match="loss is not finite at the start"):
         ps.fit(start, one, epochs=0, lm=1, lm_windows=2, progress=False)
+
+
+_MALLINFO = r"""
+import ctypes, json, sys
+import pdesurrogate as ps
+
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+with ps.malloc_tuned(sys.argv[1] == "on") as tuned:
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(16 << 20)
+    mapped = libc.mallinfo2().hblks - before
+    libc.free(block)
+print(json.dumps({"tuned": tuned, "mapped": mapped}))
+"""
+
+
+@pytest.mark.skipif(not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"), reason="glibc's mallopt")
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_malloc_tuning_serves_large_blocks_from_the_heap(mode):
+    # a fresh process (glibc's adaptive threshold not yet raised): a 16 MB block is mapped on
+    # its own by default and served from the heap within malloc_tuned
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    out = subprocess.run([sys.executable, "-c", _MALLINFO, mode], capture_output=True, text=True, env=env, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == ({"tuned": True, "mapped": 0} if mode == "on" else {"tuned": False, "mapped": 1})
+    tuned_env = subprocess.run([sys.executable, "-c", _MALLINFO, mode], capture_output=True, text=True, check=True,
+                               env={**env, "MALLOC_TRIM_THRESHOLD_": "68719476736"})
+    assert json.loads(tuned_env.stdout.strip().splitlines()[-1])["tuned"] is False  # the environment decides
+
+
+def test_fit_refuses_a_non_boolean_tune_malloc(data):
+    ds = ps.WindowDataset(data["train"], unroll=1)
+    with pytest.raises(ps.SurrogateError, match="tune_malloc='yes' must be true or false"):
+        ps.fit(_paper_model(ds), ds, epochs=1, tune_malloc="yes", progress=False)

@@ -61,22 +61,22 @@ PAIR_SECONDS = 12.0
 
 
 def side_by_side(a: argparse.Namespace) -> list[dict]:
-    """The baseline and what ``fit`` does (the fused field, inside ``ps.malloc_tuned`` as ``fit``
-    runs), each in its own fresh process, started with and without the malloc variables (which
-    act at process start only); the four interleaved round by round, because on a shared
-    machine the speed drifts and a ratio of medians taken apart in time rides on that drift."""
+    """The baseline, the fused field with malloc untouched and what ``fit`` does (the fused field
+    inside ``ps.malloc_tuned``), each in its own fresh process, started with and without the
+    malloc variables (which act at process start only), interleaved round by round: on a shared
+    machine the speed drifts, and a ratio of medians taken apart in time rides on that drift."""
     envs = {"default": {k: v for k, v in os.environ.items() if k not in MALLOC_ENV},
             "MALLOC_* variables": {**os.environ, **MALLOC_ENV}}
     cmd = [sys.executable, __file__, "--pair", str(PAIR_SECONDS), "--batch", str(a.batch), "--unroll", str(a.unroll)]
-    samples = {(e, c): [] for e in envs for c in (BASE, FIT)}
+    cases = {BASE: "base", "fused field, malloc untouched": "fused", FIT: "fit"}
+    runs = [(e, c) for e in envs for c in cases if not (e != "default" and cases[c] == "fused")]
+    samples = {run: [] for run in runs}
     for _ in range(a.rounds):
-        for e, env in envs.items():
-            for c in (BASE, FIT):
-                p = subprocess.run(cmd + ["--case", "fit" if c == FIT else "base"], capture_output=True, text=True,
-                                   env=env)
-                if p.returncode:
-                    raise SystemExit(f"side-by-side child failed: {p.stderr.strip().splitlines()[-1:]}")
-                samples[(e, c)] += json.loads(p.stdout.strip().splitlines()[-1])
+        for e, c in runs:
+            p = subprocess.run(cmd + ["--case", cases[c]], capture_output=True, text=True, env=envs[e])
+            if p.returncode:
+                raise SystemExit(f"side-by-side child failed: {p.stderr.strip().splitlines()[-1:]}")
+            samples[(e, c)] += json.loads(p.stdout.strip().splitlines()[-1])
     base = statistics.median(samples[("default", BASE)])
     return [{"environment": e, "case": c, "seconds": statistics.median(v), "iterations": len(v),
              "speedup": base / statistics.median(v)} for (e, c), v in samples.items()]
@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="CPU: rounds of the side-by-side child processes, each environment once per round (default 3)")
     ap.add_argument("--pair", type=float, default=None, help=argparse.SUPPRESS)  # child: seconds of one case
-    ap.add_argument("--case", default="fit", help=argparse.SUPPRESS)  # child: base | fit
+    ap.add_argument("--case", default="fit", help=argparse.SUPPRESS)  # child: base | fused | fit
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
@@ -169,10 +169,10 @@ def main() -> None:
             return run
 
         if a.pair is not None:  # child process of side_by_side: one case, as fit would run it
-            fit_case = a.case == "fit"
-            run = iteration(build(), batch(full), a.unroll, fused=fit_case, adjoint=fit_case)
+            fused = a.case in ("fit", "fused")
+            run = iteration(build(), batch(full), a.unroll, fused=fused, adjoint=fused)
             samples = []
-            with ps.malloc_tuned(fit_case):
+            with ps.malloc_tuned(a.case == "fit"):
                 run()
                 end = time.perf_counter() + a.pair
                 while time.perf_counter() < end:

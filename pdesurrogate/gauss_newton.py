@@ -31,9 +31,10 @@ from .vector_field import ConvVectorField
 
 __all__ = ["step_jacobian"]
 
-# tangents propagated together: bounds the (tangents, hidden, x, y) intermediates to about 128 MiB
-# in float64
-_CHUNK_ELEMENTS = 2 ** 24
+# tangents propagated together: bounds the (tangents, hidden, x, y) intermediates to 2 MiB in
+# float64. Small enough to stay in cache and below glibc's mmap threshold: 0.52 s per 100 x 100
+# window of the paper's network against 2.2 s with 2 ** 24 (benchmarks/train.py's machine)
+_CHUNK_ELEMENTS = 2 ** 18
 
 
 def _fast_path(model: Surrogate, params: list[torch.Tensor]) -> bool:

@@ -239,8 +239,8 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
             system of the windows' squared errors (``loss="relative"``: squared relative errors)
             with the exact Jacobian (one column per parameter; see
             :func:`pdesurrogate.step_jacobian`), solved in the variables scaled by its column
-            norms. The Jacobian of the paper's network (511 parameters) takes 0.7 s per 100 x 100
-            window on 2 cores with glibc's malloc keeping its large blocks (2.3 s without); from
+            norms. The Jacobian of the paper's network (511 parameters) takes 0.5 s per 100 x 100
+            window on 2 cores; from
             the finite-difference stencils, where first-order methods stall on badly scaled
             weights, 15 iterations on 32 one-step windows reach what L-BFGS does not
             (``docs/benchmarks.md``). With ``valid`` the validation error is measured after every

@@ -9,6 +9,7 @@ backward pass and an Adam step: the paper network (1 -> 10 -> 1 channels, 5x5 ke
   with the adjoint kernel, many-to-few weight gradients run with the roles swapped;
 * ``fused field`` (what ``fit`` uses on CPU): the whole vector field as one autograd function on
   the grid widened by K2's radius, in chunks of 4 windows (``vector_field._PeriodicField``);
+  ``fit`` also runs inside ``ps.malloc_tuned`` (see the side-by-side table);
 * ``torch.compile``: the same model compiled (compile time reported apart, not in the median);
 * ``float64``: for scale;
 * ``crop``: ``S x S`` targets with the receptive halo, stepped with unpadded convolutions (its
@@ -55,7 +56,7 @@ from _common import machine, median_time, table, write_json  # noqa: E402
 
 
 BASE = "eager, torch backward"
-FIT = "fused field (what fit uses)"
+FIT = "fused field, malloc_tuned (what fit does)"
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 PAIR_SECONDS = 12.0
 
@@ -187,7 +188,7 @@ def main() -> None:
         w32, w64 = batch(full), batch(full, torch.float64)
         cases[BASE] = (iteration(build(), w32, a.unroll, fused=False, adjoint=False), a.unroll, 100 * 100)
         cases["layer by layer"] = (iteration(build(), w32, a.unroll, fused=False), a.unroll, 100 * 100)
-        cases[FIT] = (iteration(build(), w32, a.unroll), a.unroll, 100 * 100)
+        cases["fused field"] = (iteration(build(), w32, a.unroll), a.unroll, 100 * 100)
         cases["float64"] = (iteration(build(torch.float64), w64, a.unroll), a.unroll, 100 * 100)
         cases["unroll 1"] = (iteration(build(), batch(one), 1), 1, 100 * 100)
         cases[f"crop {a.crop} + halo {halo}, unroll 1"] = (iteration(build(), batch(cropped), 1, crop=a.crop), 1,
@@ -201,14 +202,8 @@ def main() -> None:
             run()
             compile_s = time.perf_counter() - t0
             cases["torch.compile (layer by layer)"] = (run, a.unroll, 100 * 100)
+        # one after another in one process: indicative; the side-by-side table is the comparison
         times = {name: median_time(fn, repeats=repeats, warmup=1, budget=30) for name, (fn, _, _) in cases.items()}
-        # the cases ran one after another; the baseline and what fit uses again, alternating, so
-        # that their ratio does not ride on a change of machine speed between them
-        pair = {BASE: [], FIT: []}
-        for _ in range(3 * repeats):
-            for name in pair:
-                pair[name].append(median_time(cases[name][0], repeats=1, warmup=0))
-        times.update({name: statistics.median(v) for name, v in pair.items()})
     base = times[BASE]
     rows = []
     for name, (_, k, cells) in cases.items():

@@ -258,7 +258,7 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
         num_workers: DataLoader workers.
         tune_malloc: while ``fit`` runs, glibc's malloc keeps freed blocks of up to 32 MB for
             reuse instead of unmapping them or trimming the heap (see :func:`malloc_tuned`);
-            about 1.1x the training throughput here (docs/benchmarks.md). False leaves malloc
+            about 1.15x the training throughput here (docs/benchmarks.md). False leaves malloc
             alone.
 
     At the end the model holds the weights of the best validation error (the last ones without

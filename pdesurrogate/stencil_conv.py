@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -160,7 +160,7 @@ class ZeroSum(nn.Module):
 ADJOINT_INPUT_GRAD = True
 
 
-def _correlator(weight: torch.Tensor, bias: torch.Tensor | None = None):
+def _correlator(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The valid correlation with ``weight`` (+ ``bias``) as a function of the padded input, its
     kernels arranged once; many-to-few channels on CPU as per-channel (depthwise) correlations
     summed.
@@ -209,7 +209,7 @@ def _weight_grad(x: torch.Tensor, g: torch.Tensor, gp: torch.Tensor, weight: tor
     On CPU torch runs the many-to-few case (the paper's K2: 10 -> 1) about 3.5x slower than
     few-to-many. Substituting ``x -> x - (a, b) + R`` turns it into a few-to-many weight gradient
     with the roles of ``x`` and ``g`` swapped and the kernel flipped, which costs the same as
-    K1's: 0.49 ms against 1.0 ms for FFTs and 3.5 ms for torch's own at 100^2, batch 8, float32
+    K1's: 0.49 ms against 1.0 ms for FFTs and 2.9 ms for torch's own at 100^2, batch 8, float32
     (benchmarks/train.py), and off by 4.4e-6 of the largest entry against float64 (torch's own:
     1.4e-5; FFTs: 2.6e-7). In float64 the FFT route is the faster one (1.9 ms against 2.3 ms).
     """

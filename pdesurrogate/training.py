@@ -161,11 +161,12 @@ def malloc_tuned(enabled: bool = True) -> Iterator[bool]:
     torch frees and allocates the same few-MB temporaries many times per training iteration;
     glibc maps blocks above its (adaptive) threshold afresh and trims the heap's free top, paying
     page faults each time. This sets ``M_MMAP_THRESHOLD`` to 32 MB (glibc's ceiling, where its
-    own adaptation ends) and ``M_TRIM_THRESHOLD`` to 2 GB with ``mallopt``; at the block's end
-    the trim threshold goes to 64 MB, twice the mmap threshold, as glibc's adaptation would set
-    it, so the process returns its free memory again. Yields False and changes nothing off
-    glibc, when ``enabled`` is False, or where the environment sets malloc's thresholds itself
-    (``MALLOC_*_``, ``GLIBC_TUNABLES``).
+    own adaptation ends) and ``M_TRIM_THRESHOLD`` to 2 GB with ``mallopt``. At the block's end
+    the mmap threshold stays at 32 MB and the trim threshold goes to 64 MB, twice that, as
+    glibc's adaptation would set them after freeing a 32 MB block, so the process returns its
+    free memory again (glibc has no call that restores the adaptation). Yields False and
+    changes nothing off glibc, when ``enabled`` is False, or where the environment sets malloc's
+    thresholds itself (``MALLOC_*_``, ``GLIBC_TUNABLES``).
     """
     global _malloc_depth
     libc = None
@@ -240,9 +241,9 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
             with the exact Jacobian (one column per parameter; see
             :func:`pdesurrogate.step_jacobian`), solved in the variables scaled by its column
             norms. The Jacobian of the paper's network (511 parameters) takes 0.5 s per 100 x 100
-            window on 2 cores; from
-            the finite-difference stencils, where first-order methods stall on badly scaled
-            weights, 15 iterations on 32 one-step windows reach what L-BFGS does not
+            window on 2 cores; from the finite-difference stencils, where first-order methods
+            stall on badly scaled weights, 15 iterations on 32 one-step windows reach what L-BFGS
+            does not
             (``docs/benchmarks.md``). With ``valid`` the validation error is measured after every
             iteration and the best state kept.
         patience: stop after this many epochs without validation gain (``None``: never).

@@ -391,25 +391,26 @@ def _field_and_grads(vf, u, r):
     return (y, *torch.autograd.grad((y * r).sum(), [u] + [p for p in vf.parameters()]))
 
 
-@pytest.mark.parametrize("fields, powers, bias, batch", [(1, 2, True, 5), (1, 1, True, 3), (2, 3, False, 4),
-                                                         (1, 2, True, 1)])
-def test_fused_field_equals_layer_by_layer(fields, powers, bias, batch):
+@pytest.mark.parametrize("fields, powers, bias, batch, k2", [(1, 2, True, 5, 5), (1, 1, True, 3, 5),
+                                                             (2, 3, False, 4, 5), (1, 2, True, 1, 5),
+                                                             (1, 2, True, 5, 3), (2, 2, True, 3, 7)])
+def test_fused_field_equals_layer_by_layer(fields, powers, bias, batch, k2):
     # the hand-written forward and backward of the whole field (widened grid, chunks of windows)
     # against the layer-by-layer modules and torch's autograd of their activation, in float64
     from pdesurrogate import vector_field
 
     g = torch.Generator().manual_seed(11)
-    vf = ps.ConvVectorField(fields, 6, 5, powers=(powers,), bias1=bias, bias2=bias).double()
+    vf = ps.ConvVectorField(fields, 6, 5, powers=(powers,), bias1=bias, bias2=bias, kernel_size2=k2).double()
     with torch.no_grad():
         for p in vf.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
     u = torch.randn(batch, fields, 13, 11, generator=g, dtype=torch.float64, requires_grad=True)
     r = torch.randn(batch, fields, 13, 11, generator=g, dtype=torch.float64)
-    assert vf._fused_radius(u) == 2
+    assert vf._fused_margin(u) == max(5, k2) // 2
     fused = _field_and_grads(vf, u, r)
     vector_field.FUSED = False
     try:
-        assert vf._fused_radius(u) is None
+        assert vf._fused_margin(u) is None
         ref = _field_and_grads(vf, u, r)
     finally:
         vector_field.FUSED = True
@@ -424,9 +425,12 @@ def test_fused_field_passes_gradcheck_and_refuses_double_backward():
     args = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True)
             for s in ((3, 1, 7, 6), (4, 1, 3, 3), (4,), (1, 4, 3, 3), (1,))]
     for chunk in (1, 2, 3):
-        assert torch.autograd.gradcheck(lambda u, w1, b1, w2, b2: _PeriodicField.apply(u, w1, b1, w2, b2, 2, 1, chunk),
-                                        args)
-    y = _PeriodicField.apply(*args, 2, 1, 2)
+        assert torch.autograd.gradcheck(
+            lambda u, w1, b1, w2, b2: _PeriodicField.apply(u, w1, b1, w2, b2, 2, 1, 1, chunk), args)
+    wide = [args[0], torch.randn(4, 1, 5, 5, generator=g, dtype=torch.float64, requires_grad=True), *args[2:]]
+    assert torch.autograd.gradcheck(lambda u, w1, b1, w2, b2: _PeriodicField.apply(u, w1, b1, w2, b2, 2, 2, 1, 2),
+                                    wide)
+    y = _PeriodicField.apply(*args, 2, 1, 1, 2)
     (gu,) = torch.autograd.grad(y.sum(), args[0], create_graph=True)
     with pytest.raises(RuntimeError):
         gu.sum().backward()
@@ -435,13 +439,14 @@ def test_fused_field_passes_gradcheck_and_refuses_double_backward():
 def test_fused_field_applies_only_where_it_is_exact():
     u = torch.zeros(2, 1, 12, 12)
     periodic = ps.ConvVectorField(1, 4, 5, powers=(2,))
-    assert periodic._fused_radius(u) == 2
-    assert periodic._fused_radius(torch.zeros(2, 1, 3, 12)) is None  # grid narrower than the widened margin
-    assert ps.ConvVectorField(1, 4, 5, powers=(1, 2))._fused_radius(u) is None  # two activation powers
-    assert ps.ConvVectorField(1, 4, 5, powers=(2,), kernel_size2=3)._fused_radius(u) is None
-    assert ps.ConvVectorField(1, 4, 5, powers=(2,), boundary="dirichlet")._fused_radius(u) is None
+    assert periodic._fused_margin(u) == 2
+    assert periodic._fused_margin(torch.zeros(2, 1, 3, 12)) is None  # grid narrower than the widened margin
+    assert ps.ConvVectorField(1, 4, 5, powers=(1, 2))._fused_margin(u) is None  # two activation powers
+    assert ps.ConvVectorField(1, 4, 5, powers=(2,), kernel_size2=3)._fused_margin(u) == 2  # K2 narrower
+    assert ps.ConvVectorField(1, 4, 5, powers=(2,), kernel_size2=1)._fused_margin(u) is None  # pointwise K2
+    assert ps.ConvVectorField(1, 4, 5, powers=(2,), boundary="dirichlet")._fused_margin(u) is None
     with ps.build_surrogate(hidden=4, kernel_size=5, powers=(2,), dt=0.1).unpadded() as m:
-        assert m.vector_field._fused_radius(u) is None  # cropped training steps with unpadded convolutions
+        assert m.vector_field._fused_margin(u) is None  # cropped training steps with unpadded convolutions
 
 
 def test_float32_fused_field_gradients_match_float64():

@@ -243,9 +243,8 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
             norms. The Jacobian of the paper's network (511 parameters) takes 0.5 s per 100 x 100
             window on 2 cores; from the finite-difference stencils, where first-order methods
             stall on badly scaled weights, 15 iterations on 32 one-step windows reach what L-BFGS
-            does not
-            (``docs/benchmarks.md``). With ``valid`` the validation error is measured after every
-            iteration and the best state kept.
+            does not (``docs/benchmarks.md``). With ``valid`` the validation error is measured
+            after every iteration and the best state kept.
         patience: stop after this many epochs without validation gain (``None``: never).
         valid_trajectories: trajectories of ``valid`` to score (default: all).
         checkpoint: folder for ``last.pt`` (after every epoch, with optimizer state; resumable)

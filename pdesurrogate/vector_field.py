@@ -140,7 +140,7 @@ class ConvVectorField(nn.Module):
         K1 and K2 wider than 1, one activation power."""
         c1, c2 = self.conv1, self.conv2
         return (FUSED and stencil_conv.ADJOINT_INPUT_GRAD and c1.kernel_size > 1 and c2.kernel_size > 1
-                and c1.pad.boundary == c2.pad.boundary == "periodic" and len(set(self.act.powers)) == 1)
+                and c1.pad.boundary == c2.pad.boundary == "periodic" and len(self.act._groups) == 1)
 
     def _fused_margin(self, u: torch.Tensor) -> int | None:
         """The widened grid's margin where :class:`_PeriodicField` applies to ``u``, else None."""

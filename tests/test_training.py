@@ -277,8 +277,14 @@ if int(os.environ.get("RANK", 0)) == 0:
 """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], check=True, env=env)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-                    str(script), str(tmp_path / "two.json")], check=True, env=env, capture_output=True)
+    import socket
+
+    with socket.socket() as s:  # a free port: a fixed one can still be held by an earlier run
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          str(port), str(script), str(tmp_path / "two.json")], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
     import json
 
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))

@@ -1,6 +1,6 @@
 """datagen: method-of-lines data for reaction-diffusion PDEs on 2-D grids, stored as HDF5.
 
-numpy, scipy, h5py, sympy, pyyaml and ducc0 (FFTs) only; this package never imports torch.
+numpy, scipy, h5py, pyyaml and ducc0 (FFTs) only; this package never imports torch.
 """
 
 from . import catalogue

@@ -103,6 +103,11 @@ def create_layout(f, meta: DatasetMetadata | Mapping[str, Any], compression: str
     f.attrs["grid_type"] = "cartesian"
     f.attrs["n_spatial_dims"] = 2
     f.attrs["n_trajectories"] = n_traj
+    from .parse import RESERVED_NAMES
+
+    clash = [k for k in params if k in RESERVED_NAMES or k.startswith("datagen_") or k in fields]
+    if clash:
+        raise DatagenError(f"parameter name {clash[0]!r} would overwrite a stored attribute or field; rename it")
     f.attrs["simulation_parameters"] = list(params)
     for k, v in params.items():
         f.attrs[k] = float(v)

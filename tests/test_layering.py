@@ -39,7 +39,7 @@ def test_no_module_of_datagen_names_torch_or_pdesurrogate():
 
 def test_importing_datagen_leaves_the_heavy_optional_modules_out():
     # every CLI call and worker pays for what `import datagen` pulls in: sparse matrices (Jacobians
-    # only), numba (its backend only), xarray and sympy (reading and parsing only) load on use
+    # only), numba (its backend only) and xarray (reading only) load on use; sympy is never needed
     code = "import sys, datagen\nprint(sorted({m.split('.')[0] + ('.sparse' if m.startswith('scipy.sparse') else '') " \
            "for m in sys.modules} & {'scipy.sparse', 'numba', 'xarray', 'sympy', 'torch'}))\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

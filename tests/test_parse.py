@@ -84,3 +84,87 @@ def test_typed_pdes_generate_validate_and_regenerate(tmp_path):
     p = subprocess.run([exe, "generate", "--pde", "u_t = sin(u)", "--out", str(tmp_path / "bad"), *small],
                        capture_output=True, text=True)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "not a polynomial" in p.stderr
+
+
+# -- hostile texts: nothing is evaluated, every size is bounded ---------------------------------
+
+def test_pde_text_never_runs_code(tmp_path):
+    marker = tmp_path / "pwned"
+    # full-width letters fold to ASCII identifiers under NFKC, sympy's subs evaluates a string, and
+    # octal escapes hide the names inside it from a name filter: sympify ran this text
+    subs = "".join(chr(ord(c) + 0xFEE0) for c in "subs")
+    code = "".join("\\" + format(ord(c), "o") for c in f"open('{marker}', 'w')")
+    attacks = [
+        f'u_t = 0.01*u_xx + u.{subs}(u, "{code}") - u**2',
+        f"u_t = u.subs(u, \"__import__('pathlib').Path('{marker}').touch()\")",
+        f"u_t = __import__('pathlib').Path('{marker}').touch()",
+        "u_t = u.__class__",
+        "u_t = (lambda: 1)()",
+        "u_t = [u for u in u]",
+    ]
+    for text in attacks:
+        with pytest.raises(DatagenError):
+            parse_pde(text)
+    assert not marker.exists()
+
+
+def test_scientific_notation_is_a_number():
+    pde = parse_pde("u_t = 1e-2*(u_xx + u_yy) + 2.5E+0*u - .5*u**2")
+    coeffs = sorted(t.coeff for t in pde.rhs[0])
+    assert coeffs == [-0.5, 0.01, 0.01, 2.5]
+
+
+@pytest.mark.parametrize("text", ["u_t = u**99999999", "u_t = 9**9**9**9*u", "u_t = (u+u_x+u_y+u_xx+u_yy)**60",
+                                  "u_t = " + "+".join(["u"] * 9000), "u_t = " + "(" * 5000 + "u" + ")" * 5000,
+                                  "u_t = u_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                                  "u_t = (u + u_x + u_y + u_xx + u_yy + u_xy)**8",
+                                  "u_t = 1e308*1e308*u", "u_t = u/0", "u_t = (-8)**0.5*u"])
+def test_huge_texts_fail_fast_in_one_line(text):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(DatagenError) as err:
+        parse_pde(text)
+    assert time.perf_counter() - t0 < 2.0
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
+def test_parameters_cannot_shadow_fields_derivatives_or_attributes():
+    for bad, match in (("n_trajectories", "reserved"), ("u_xx", "derivative"), ("u", "both a field"),
+                       ("datagen_batches_done", "reserved"), ("provenance", "reserved"), ("u_t", "time derivative"),
+                       ("sin", "reserved")):
+        with pytest.raises(DatagenError, match=match):
+            parse_pde(f"u_t = {bad}*u_xx" if bad != "u" else "u_t = u_xx", params={bad: 0.01})
+    with pytest.raises(DatagenError, match="finite"):
+        parse_pde("u_t = a*u_xx", params={"a": float("nan")})
+
+
+def test_parser_fuzz_only_raises_its_own_one_line_error():
+    import time
+
+    rng = np.random.default_rng(20261203)
+    atoms = ["u", "v", "u_x", "u_yy", "v_xy", "a", "2", "1e-3", ".5", "3E+2", "(", ")", "+", "-", "*", "/", "**", "^",
+             " ", "sin", "u_t", "=", ";", "9", "__import__", ".", ",", "'", '"', "[", "]", "lambda", "e", "99999"]
+    alphabet = [chr(c) for c in range(32, 127)] + ["\u00e9", "\uff53", "\u0000", "\u200b", "\U0001f600", "\n", "\t"]
+    worst = 0.0
+    for case in range(3000):
+        kind = case % 4
+        if kind == 0:
+            body = "".join(rng.choice(atoms, size=rng.integers(1, 30)))
+        elif kind == 1:
+            body = "".join(rng.choice(alphabet, size=rng.integers(1, 60)))
+        elif kind == 2:
+            d = int(rng.integers(1, 200))
+            body = "(" * d + "u" + ")" * int(rng.integers(0, d + 2)) + "**" + str(rng.integers(0, 10 ** 6))
+        else:
+            body = "*".join(["(u+u_x+v)"] * int(rng.integers(1, 12))) + "+u" * int(rng.integers(0, 3000))
+        text = f"u_t = {body}" if case % 3 else body
+        t0 = time.perf_counter()
+        try:
+            pde = parse_pde(text, fields=None, params={"a": 0.5})
+        except DatagenError as exc:
+            assert "\n" not in str(exc), text
+        else:
+            assert all(t.degree <= datagen.limits.MAX_DEGREE for eq in pde.rhs for t in eq)
+        worst = max(worst, time.perf_counter() - t0)
+    assert worst < 1.0

@@ -8,8 +8,10 @@ sensible initial-condition sampler and the default saved time step for each entr
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
+
+import numpy as np
 
 from .errors import DatagenError
 from .grid import Grid
@@ -134,6 +136,22 @@ class Entry:
     dt_factor: float
     dt_text: str
     scenarios: tuple[Scenario, ...] = ()
+    envelope: Callable[[np.ndarray, np.ndarray, dict], tuple[np.ndarray, np.ndarray] | None] | None = None
+    envelope_certified: bool = True
+
+    def value_range(self, lo: np.ndarray, hi: np.ndarray, params: dict[str, float]
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per field, the range the solution keeps for all time when each field starts (and,
+        with Dirichlet walls, is held) within ``[lo, hi]``; ``None`` where the entry declares none.
+
+        ``envelope_certified`` says whether the range is proven (a maximum principle or an
+        invariant rectangle of the reaction) or a generous plausibility range (systems without
+        one, and finite differences of transport that overshoot by dispersion).
+        """
+        if self.envelope is None:
+            return None
+        p = {**self.defaults, **params}
+        return self.envelope(np.asarray(lo, float), np.asarray(hi, float), p)
 
     @property
     def defaults(self) -> dict[str, float]:
@@ -229,6 +247,51 @@ CATALOGUE: dict[str, Entry] = {
                         initial={"name": "fourier", "n_modes": 1, "amplitude": 1.0}, dt=0.03, steps=50),)),
     ]
 }
+
+
+# -- ranges the solutions keep (validation facts) ---------------------------------------------------------
+
+def _max_principle(lo: np.ndarray, hi: np.ndarray, p: dict) -> tuple[np.ndarray, np.ndarray]:
+    return lo, hi
+
+
+def _fisher_range(lo: np.ndarray, hi: np.ndarray, p: dict):
+    # r u (1 - u) >= 0 on [0, 1] and < 0 above 1: min(u) >= 0 stays, max(u) never passes max(1, max u0);
+    # below 0 the reaction drives u down without bound
+    if p["r"] < 0 or p["a"] < 0:
+        return None
+    return np.where(lo >= 0, 0.0, -np.inf), np.maximum(hi, 1.0)
+
+
+def _allen_cahn_range(lo: np.ndarray, hi: np.ndarray, p: dict):
+    return np.minimum(lo, -1.0), np.maximum(hi, 1.0)  # u - u^3 points inwards outside [-1, 1]
+
+
+def _fhn_range(lo: np.ndarray, hi: np.ndarray, p: dict):
+    # the square [-A, A]^2 is invariant once A^3 - 2A >= |kappa|: at u = A the reaction is
+    # A - A^3 - v + kappa <= 2A - A^3 + |kappa| <= 0, and at v = A it is (u - A) / tau <= 0
+    if p["tau"] <= 0:
+        return None
+    A = max(float(np.abs(lo).max()), float(np.abs(hi).max()))
+    root = max(np.roots([1.0, 0.0, -2.0, -abs(p["kappa"])]).real)
+    A = max(A, float(root))
+    return np.full(2, -A), np.full(2, A)
+
+
+def _gray_scott_range(lo: np.ndarray, hi: np.ndarray, p: dict):
+    # proven: u stays in [min(0, u0), max(1, u0)] (F(1 - u) - u v^2 points inwards) and v >= min(0, v0);
+    # v has no invariant upper bound, so ten times the largest initial value stands in for one
+    if p["F"] < 0:
+        return None
+    top = 10.0 * max(1.0, float(np.abs(hi).max()), float(np.abs(lo).max()))
+    return np.array([min(lo[0], 0.0), min(lo[1], 0.0)]), np.array([max(hi[0], 1.0), top])
+
+
+_RANGES = {"heat": (_max_principle, True), "advection": (_max_principle, False), "burgers": (_max_principle, False),
+           "fisher": (_fisher_range, True), "allen_cahn": (_allen_cahn_range, True),
+           "fitzhugh_nagumo": (_fhn_range, True), "gray_scott": (_gray_scott_range, False)}
+CATALOGUE = {k: replace(e, envelope=_RANGES[k][0], envelope_certified=_RANGES[k][1]) if k in _RANGES else e
+             for k, e in CATALOGUE.items()}
 
 
 def get(name: str) -> Entry:

@@ -15,6 +15,7 @@ import numpy as np
 from . import catalogue
 from .errors import DatagenError
 from .grid import Grid
+from .limits import MAX_STEPS, MAX_SUBSTEPS, MAX_TRAJECTORIES
 from .initial import make_sampler
 from .integrators import RK4, reaction_rate
 from .pde import PDE
@@ -145,10 +146,12 @@ class GenerationConfig:
         grid = Grid.from_dict(g)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise DatagenError(f"seed={self.seed!r} must be a non-negative integer")
-        for name in ("steps", "n_trajectories", "batch_size"):
+        for name, most in (("steps", MAX_STEPS), ("n_trajectories", MAX_TRAJECTORIES), ("batch_size", MAX_TRAJECTORIES)):
             v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise DatagenError(f"{name}={v!r} must be a positive integer")
+            if v > most:
+                raise DatagenError(f"{name}={v} is above the limit {most}")
         if self.compression not in COMPRESSIONS:
             raise DatagenError(f"unknown compression {self.compression!r}; choose one of {COMPRESSIONS}")
         if self.dt is not None and self.dt_factor is not None:
@@ -196,8 +199,9 @@ class GenerationConfig:
         if substeps != "auto":
             try:
                 substeps = int(substeps)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise DatagenError(f"substeps={substeps!r} must be a positive integer or 'auto'") from None
+        _check_substeps(substeps, dt)
         cfg = GenerationConfig(
             pde=self.pde, params=params if self.spec is None else {}, spec=self.spec, grid=grid.to_dict(),
             steps=int(self.steps), dt=dt, dt_factor=None,
@@ -207,10 +211,12 @@ class GenerationConfig:
             compression=self.compression, backend=self.backend, rtol=float(self.rtol), atol=float(self.atol),
             tolerance=tolerance, scenario=self.scenario,
         )
+        _check_stepper_memory(pde.n_fields, grid)
         from .solver import _build
 
         stepper = _build(json.dumps(cfg.to_dict(), sort_keys=True))[2]
         if cfg.substeps == "auto":  # record the count actually used
+            _check_substeps(stepper.substeps, dt)
             cfg = GenerationConfig(**{**cfg.to_dict(), "substeps": stepper.substeps})
         return cfg
 
@@ -251,6 +257,35 @@ def check_split_name(name: Any) -> str:
 def trajectory_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator that draws trajectory ``index`` of ``split``: independent of batching."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(zlib.crc32(split.encode()), index)))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), ``None`` off Linux."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_stepper_memory(n_fields: int, grid: Grid) -> None:
+    """Refuse a grid whose stepper alone (spectral coefficients and stage temporaries, about
+    twenty complex arrays per field) cannot fit, before building it."""
+    need = 20 * 16 * n_fields * grid.n_cells
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise DatagenError(f"a {grid.shape[0]} x {grid.shape[1]} grid needs about {need / 2**30:.3g} GiB for the "
+                           f"solver alone, more than the {avail / 2**30:.3g} GiB available: use a smaller grid")
+
+
+def _check_substeps(substeps: int | str, dt: float) -> None:
+    """Refuse a step that would take more internal substeps than any run can finish."""
+    if substeps != "auto" and substeps > MAX_SUBSTEPS:
+        raise DatagenError(f"dt={dt:.3g} needs {substeps:.3g} internal substeps per saved step, more than the limit "
+                           f"{MAX_SUBSTEPS}; choose a smaller --dt")
 
 
 def _spec_dt(pde: PDE, grid: Grid, factor: float | None) -> float:

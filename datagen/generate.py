@@ -22,11 +22,12 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .config import _SPLIT_NAME, GenerationConfig, check_split_name, trajectory_rng
+from .config import _SPLIT_NAME, GenerationConfig, available_memory, check_split_name, trajectory_rng
 from .errors import DatagenError
 from .metadata import DatasetMetadata
 from .grid import Grid
 from .runner import progress_reporter, run_batches
+from .safeio import open_nofollow, refuse_link
 from .solver import MAX_REFINE, solve, solve_batch
 
 log = logging.getLogger("datagen")
@@ -150,24 +151,30 @@ def _generate_locked(cfg: GenerationConfig, out: Path, pde, grid: Grid, workers:
     return out
 
 
-@contextmanager
 def _output_lock(out: Path):
-    """An exclusive OS lock on ``out`` for the whole run (released by the OS if the process dies).
+    """An exclusive OS lock on the file ``out`` for the whole run (see :func:`output_lock`)."""
+    return output_lock(out.with_name(f".{out.name}.lock"), out)
+
+
+@contextmanager
+def output_lock(path: Path, out: Path | str):
+    """An exclusive OS lock on the lock file ``path`` (guarding ``out``) for the whole run,
+    released by the OS if the process dies.
 
     A second run on the same output stops at once, naming the first one's pid, so that
-    ``--overwrite`` can never delete the work of a live run.
+    ``--overwrite`` can never delete the work of a live run. The lock file is opened without
+    following links.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no locking
         yield
         return
-    path = out.with_name(f".{out.name}.lock")
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise DatagenError(f"cannot write to {out.parent}: {exc.strerror}; choose another --out") from None
+            raise DatagenError(f"cannot write to {path.parent}: {exc.strerror}; choose another --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -208,16 +215,6 @@ def _finished(config: GenerationConfig, out: Path) -> Path:
     return out
 
 
-def _available_memory() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def _check_memory(cfg: GenerationConfig, n_fields: int, grid: Grid, workers: int) -> None:
     """Refuse before allocating when a batch cannot fit: each worker holds about ten float64
     states of stepper temporaries (and a second set of frames on the step-doubling reference
@@ -231,7 +228,7 @@ def _check_memory(cfg: GenerationConfig, n_fields: int, grid: Grid, workers: int
                 + slots * batch * frame * (int(cfg.steps) + 1) * 4)
     except (TypeError, ValueError):
         return  # malformed counts: resolve() reports them
-    avail = _available_memory()
+    avail = available_memory()
     if avail is not None and need > avail:
         raise DatagenError(
             f"solving needs about {need / 2**30:.3g} GiB ({workers} worker(s) x a batch of {batch} trajectories of "
@@ -254,6 +251,25 @@ def _check_space(out: Path, dataset_bytes: int) -> None:
         )
 
 
+FOLDER_LOCK = ".datagen.lock"
+
+
+def _check_folder(out_dir: Path, splits: Mapping[str, int], mine: Mapping[str, Any]) -> None:
+    """Refuse a folder that holds splits of another configuration (a folder is one dataset)."""
+    from .store import dataset_files, read_provenance
+
+    for split, path in dataset_files(out_dir).items():
+        if split in splits:  # generate() keeps, replaces or refuses it itself
+            continue
+        try:
+            theirs = {k: v for k, v in read_provenance(path)["config"].items() if k not in ("split", "n_trajectories")}
+        except (DatagenError, KeyError, TypeError, AttributeError):
+            theirs = None
+        if theirs != mine:
+            raise DatagenError(f"{out_dir} already holds split {split!r} made with other options ({path}); a "
+                               "folder is one dataset: choose another --out, or remove that split")
+
+
 def generate_splits(config: GenerationConfig, splits: Mapping[str, int], out_dir: str | os.PathLike,
                     **kwargs: Any) -> list[Path]:
     """Generate ``{split: n_trajectories}`` into a dataset folder in The Well's layout.
@@ -263,7 +279,7 @@ def generate_splits(config: GenerationConfig, splits: Mapping[str, int], out_dir
     split). Splits already in the folder must come from the same configuration (a folder is one
     dataset); ``kwargs`` go to :func:`generate`.
     """
-    from .store import dataset_files, read_provenance, split_path, write_stats
+    from .store import split_path, write_stats
 
     if not splits:
         raise DatagenError("no splits given; e.g. train=64,test=16")
@@ -276,23 +292,21 @@ def generate_splits(config: GenerationConfig, splits: Mapping[str, int], out_dir
         raise DatagenError(f"--out {out_dir} is a file; datasets are folders (data/<split>/<name>.hdf5)")
     mine = {k: v for k, v in config.resolve().to_dict().items() if k not in ("split", "n_trajectories")}
     if out_dir.is_dir():
-        for split, path in dataset_files(out_dir).items():
-            if split in splits:  # generate() keeps, replaces or refuses it itself
-                continue
-            try:
-                theirs = {k: v for k, v in read_provenance(path)["config"].items() if k not in ("split", "n_trajectories")}
-            except (DatagenError, KeyError, TypeError):
-                theirs = None
-            if theirs != mine:
-                raise DatagenError(f"{out_dir} already holds split {split!r} made with other options ({path}); a "
-                                   "folder is one dataset: choose another --out, or remove that split")
+        _check_folder(out_dir, splits, mine)
+    for d in (out_dir / "data", *(out_dir / "data" / k for k in splits)):
+        refuse_link(d, "dataset folder")
     paths: list[Path] = []
     made = [d for d in (out_dir, out_dir / "data", *(out_dir / "data" / k for k in splits)) if not d.exists()]
     try:
-        for split, n in splits.items():
-            cfg = GenerationConfig(**{**config.to_dict(), "split": split, "n_trajectories": n})
-            paths.append(generate(cfg, split_path(out_dir, split, name), **kwargs))
-        write_stats(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # one run per folder: a second run (even with --overwrite) must not replace the splits of
+        # a live one, or the folder would end with splits of two configurations
+        with output_lock(out_dir / FOLDER_LOCK, out_dir):
+            _check_folder(out_dir, splits, mine)
+            for split, n in splits.items():
+                cfg = GenerationConfig(**{**config.to_dict(), "split": split, "n_trajectories": n})
+                paths.append(generate(cfg, split_path(out_dir, split, name), **kwargs))
+            write_stats(out_dir)
     except BaseException:
         for d in reversed(made):  # folders this call made and left empty
             try:

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import DatagenError
+from .limits import MAX_CELLS
 
 __all__ = ["Grid", "BOUNDARIES"]
 
@@ -52,6 +53,9 @@ class Grid:
             ) from None
         if len(shape) != 2 or min(shape) < 3:
             raise DatagenError(f"grid shape {self.shape!r} must be two integers >= 3, e.g. (100, 100)")
+        if shape[0] * shape[1] > MAX_CELLS:
+            raise DatagenError(f"grid shape {shape[0]} x {shape[1]} has more than the {MAX_CELLS} cells allowed "
+                               "; use a smaller grid")
         if len(extent) != 2 or not all(np.isfinite(extent)) or min(extent) <= 0:
             raise DatagenError(f"grid extent {self.extent!r} must be two positive lengths, e.g. (1, 1)")
         if self.boundary not in BOUNDARIES:

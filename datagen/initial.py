@@ -15,6 +15,7 @@ import numpy as np
 
 from ._registry import register
 from .errors import DatagenError
+from .limits import MAX_MODES
 from .grid import Grid
 
 __all__ = ["SinCos", "Fourier", "GRF", "Bumps", "Front", "Band", "Patches", "SAMPLERS", "make_sampler"]
@@ -114,6 +115,9 @@ class Fourier(Sampler):
     def _one(self, grid: Grid, rng: np.random.Generator) -> np.ndarray:
         if self.n_modes < 1:
             raise DatagenError(f"fourier needs n_modes >= 1, got {self.n_modes}")
+        if self.n_modes > max(grid.shape) // 2:
+            raise DatagenError(f"fourier n_modes={self.n_modes} is more than a {grid.shape[0]} x {grid.shape[1]} grid "
+                               f"resolves (at most {max(grid.shape) // 2})")
         periodic = grid.boundary == "periodic"
         ks = np.arange(-self.n_modes, self.n_modes + 1) if periodic else np.arange(self.n_modes + 1)
         u = np.zeros(grid.shape)
@@ -283,4 +287,7 @@ def make_sampler(spec: Mapping[str, Any] | Sampler) -> Sampler:
             raise DatagenError(f"initial condition parameter {k}={v!r} is not a number") from None
         if not np.isfinite(clean[k]):
             raise DatagenError(f"initial condition parameter {k}={v!r} must be a finite number")
+        if isinstance(clean[k], int) and abs(clean[k]) > MAX_MODES:
+            raise DatagenError(f"initial condition parameter {k}={v!r} is above the limit {MAX_MODES} of counts and "
+                               "wavenumbers")
     return cls(**clean)

@@ -15,7 +15,8 @@ from typing import Any
 from .errors import DatagenError
 
 __all__ = ["MAX_PDE_TEXT", "MAX_DEGREE", "MAX_ORDER", "MAX_TERMS", "MAX_FIELDS", "MAX_NESTING", "MAX_JSON_DEPTH",
-           "MAX_JSON_BYTES", "MAX_MODES", "MAX_STEPS", "MAX_CELLS", "check_json_depth", "loads_bounded"]
+           "MAX_JSON_BYTES", "MAX_MODES", "MAX_STEPS", "MAX_SUBSTEPS", "MAX_TRAJECTORIES", "MAX_CELLS",
+           "check_json_depth", "loads_bounded"]
 
 MAX_PDE_TEXT = 4000  # characters of a PDE text
 MAX_DEGREE = 8  # polynomial degree of one term
@@ -27,7 +28,9 @@ MAX_JSON_DEPTH = 32  # nesting of a provenance or config JSON
 MAX_JSON_BYTES = 16 * 2 ** 20  # a provenance or config JSON's length
 MAX_MODES = 4096  # Fourier modes of an initial-condition sampler
 MAX_STEPS = 100_000  # saved steps of a dataset, rollout steps of an evaluation
-MAX_CELLS = 2 ** 26  # grid cells of one field (8192 x 8192)
+MAX_SUBSTEPS = 100_000  # internal solver steps per saved step
+MAX_TRAJECTORIES = 10_000_000  # trajectories of a split
+MAX_CELLS = 2 ** 31  # grid cells of one field (46340 x 46340)
 
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKETS = re.compile(r"[\[\]{}]")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .errors import DatagenError
+from .limits import MAX_DEGREE, MAX_FIELDS, MAX_ORDER, MAX_TERMS, loads_bounded
 
 __all__ = ["Derivative", "Term", "PDE"]
 
@@ -29,10 +30,10 @@ class Derivative:
 
     def __post_init__(self) -> None:
         order = tuple(int(o) for o in self.order)
-        if len(order) != 2 or min(order) < 0:
+        if len(order) != 2 or min(order) < 0 or sum(order) > MAX_ORDER:
             raise DatagenError(
                 f"derivative order {self.order!r} of field {self.field!r} must be two "
-                "non-negative integers (i, j) meaning d^i/dx^i d^j/dy^j"
+                f"non-negative integers (i, j) meaning d^i/dx^i d^j/dy^j, with i + j <= {MAX_ORDER}"
             )
         object.__setattr__(self, "order", order)
 
@@ -116,8 +117,16 @@ class PDE:
                 f"PDE {self.name!r} has {len(fields)} fields but {len(rhs)} right-hand sides; "
                 "give one list of terms per field"
             )
+        if len(fields) > MAX_FIELDS:
+            raise DatagenError(f"PDE {self.name!r} has {len(fields)} fields, more than the limit {MAX_FIELDS}")
         for c, terms in enumerate(rhs):
+            if len(terms) > MAX_TERMS:
+                raise DatagenError(f"the equation for {fields[c]!r} has {len(terms)} terms, more than the limit "
+                                   f"{MAX_TERMS}")
             for t in terms:
+                if isinstance(t, Term) and t.degree > MAX_DEGREE:
+                    raise DatagenError(f"a term of the equation for {fields[c]!r} has degree {t.degree}, above the "
+                                       f"limit {MAX_DEGREE}")
                 if not isinstance(t, Term):
                     raise DatagenError(f"right-hand side of {fields[c]!r} holds {t!r}, not a Term")
                 for d in t.factors:
@@ -219,6 +228,8 @@ class PDE:
         missing = {"name", "fields", "rhs"} - set(data)
         if missing:
             raise DatagenError(f"PDE spec lacks key(s) {sorted(missing)}; expected name, fields, rhs")
+        if not isinstance(data["fields"], (list, tuple)) or len(data["fields"]) > MAX_FIELDS:
+            raise DatagenError(f"PDE spec 'fields' must be a list of at most {MAX_FIELDS} names")
         fields = list(data["fields"])
         rhs_map = data["rhs"]
         if not isinstance(rhs_map, Mapping) or set(rhs_map) != set(fields):
@@ -228,7 +239,13 @@ class PDE:
         rhs = []
         for f in fields:
             terms = []
+            if not isinstance(rhs_map[f], (list, tuple)) or len(rhs_map[f]) > MAX_TERMS:
+                raise DatagenError(f"PDE spec: the equation for {f!r} must be a list of at most {MAX_TERMS} terms")
             for t in rhs_map[f]:
+                if isinstance(t, Mapping) and isinstance(t.get("factors"), (list, tuple)) and \
+                        len(t["factors"]) > MAX_DEGREE:
+                    raise DatagenError(f"PDE spec: a term for {f!r} has {len(t['factors'])} factors, more than the "
+                                       f"degree limit {MAX_DEGREE}")
                 try:
                     factors = tuple(Derivative(str(a), tuple(o)) for a, o in t.get("factors", []))
                     terms.append(Term(t["coeff"], factors))
@@ -250,7 +267,7 @@ class PDE:
     def from_json(cls, text: str) -> "PDE":
         """Inverse of :meth:`to_json`."""
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = loads_bounded(text, "PDE spec")
+        except DatagenError as exc:
             raise DatagenError(f"PDE spec is not valid JSON: {exc}") from None
         return cls.from_dict(data)

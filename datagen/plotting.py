@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import DatagenError
+from .safeio import atomic_path
 from .store import open_dataset
 
 __all__ = ["plot_frames", "draw_field"]
@@ -66,13 +67,11 @@ def plot_frames(path: str | os.PathLike, out: str | os.PathLike, trajectory: int
     fig.suptitle(f"{ds.attrs['pde'].splitlines()[0]}  (trajectory {trajectory})", fontsize=10)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out)
+        with atomic_path(out, suffix=out.suffix) as tmp:
+            fig.savefig(tmp, dpi=100)
     except ValueError as exc:
         raise DatagenError(f"cannot write {out}: {exc}") from None
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out

@@ -32,6 +32,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .errors import DatagenError
+from .limits import loads_bounded
+from .safeio import atomic_path, write_atomic
 from .metadata import DatasetMetadata
 
 __all__ = ["write_dataset", "create_layout", "write_frames", "read_provenance", "open_dataset", "validate",
@@ -65,25 +67,19 @@ def write_dataset(path: str | os.PathLike, batches: Iterable[np.ndarray], *,
     h5py = _h5()
     meta = DatasetMetadata.from_mapping(meta)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            dsets = create_layout(f, meta, compression)
-            n_traj = meta.n_trajectories
-            start = 0
-            for batch in batches:
-                b = batch.shape[0]
-                if start + b > n_traj:
-                    raise DatagenError(f"batch of shape {batch.shape} does not fit the dataset layout")
-                write_frames(dsets, start, batch)
-                start += b
-            if start != n_traj:
-                raise DatagenError(f"only {start} of {n_traj} trajectories were provided")
-            f.attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        dsets = create_layout(f, meta, compression)
+        n_traj = meta.n_trajectories
+        start = 0
+        for batch in batches:
+            b = batch.shape[0]
+            if start + b > n_traj:
+                raise DatagenError(f"batch of shape {batch.shape} does not fit the dataset layout")
+            write_frames(dsets, start, batch)
+            start += b
+        if start != n_traj:
+            raise DatagenError(f"only {start} of {n_traj} trajectories were provided")
+        f.attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True)
     return path
 
 
@@ -278,16 +274,9 @@ def write_stats(root: str | os.PathLike, split: str = "train") -> Path:
         raise DatagenError(f"{root} holds no dataset to compute normalisation statistics from")
     source = stats_source(files, split)
     stats = compute_stats(files[source])
-    out = root / STATS_FILE
-    tmp = root / f".{STATS_FILE}.tmp"
     text = (f"# normalisation statistics of split {source!r} ({files[source].name}), written by datagen\n"
             + yaml.safe_dump(stats, sort_keys=False))
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
-    return out
+    return write_atomic(root / STATS_FILE, text)
 
 
 def read_stats(root: str | os.PathLike) -> dict[str, dict[str, float]]:
@@ -334,10 +323,13 @@ def _provenance(f, path) -> dict[str, Any]:
             f"{path} is an HDF5 file but not a datagen dataset (no provenance / t0_fields); "
             "was it written by `datagen generate`?"
         )
-    try:
-        return json.loads(f.attrs["provenance"])
-    except (TypeError, ValueError):
-        raise DatagenError(f"{path}: its provenance attribute is not valid JSON") from None
+    text = f.attrs["provenance"]
+    if not isinstance(text, (str, bytes)):
+        raise DatagenError(f"{path}: its provenance attribute is not JSON text")
+    prov = loads_bounded(text, f"{path}: its provenance")
+    if not isinstance(prov, dict):
+        raise DatagenError(f"{path}: its provenance is not a JSON object")
+    return prov
 
 
 def open_dataset(path: str | os.PathLike, lazy: bool = False, split: str | None = None):
@@ -413,10 +405,6 @@ class ValidationReport:
     def verdict(self) -> str:
         """One-word verdict: ``ok``, ``warnings`` or ``invalid``."""
         return "invalid" if self.errors else ("warnings" if self.warnings else "ok")
-
-
-# Regions that the PDE keeps invariant: data starting inside must stay inside.
-_INVARIANT = {"fisher": (0.0, 1.0), "allen_cahn": (-1.0, 1.0)}
 
 
 def _growth_bound(pde, m0: float, t_end: float) -> float:
@@ -565,15 +553,18 @@ def _validate_open(f, path, rep: ValidationReport, stationary_tol: float, bound_
     pde_spec = PDE.from_dict(prov["pde"])
     t_end = float(np.asarray(dims["time"])[-1] - np.asarray(dims["time"])[0])
 
+    from . import catalogue
+
     pde_name = prov.get("pde", {}).get("name")
-    bounds = _INVARIANT.get(pde_name)
+    # a catalogue PDE declares the range its solutions keep; a user's PDE has the growth bound only
+    entry = catalogue.CATALOGUE.get(pde_name) if not prov.get("config", {}).get("spec") else None
     grid = prov.get("config", {}).get("grid", {})
     walls: list[float] = []
     if grid.get("boundary") == "dirichlet":  # wall data enter the maximum principle
         bv = grid.get("boundary_value", 0.0)
         walls = [float(v) for v in (bv if isinstance(bv, list) else [bv])]
-        if bounds and any(not bounds[0] <= w <= bounds[1] for w in walls):
-            bounds = None
+    wall_of = np.array([walls[k] if k < len(walls) else walls[0] for k in range(len(names))]) if walls else None
+    envelope = None
     nonfinite, stationary, escaped, negative, unreadable, grown, offwall = [], [], [], [], [], [], []
     ranges = {name: [np.inf, -np.inf] for name in names}
     walls_max = max([abs(w) for w in walls], default=0.0)
@@ -607,19 +598,21 @@ def _validate_open(f, path, rep: ValidationReport, stationary_tol: float, bound_
             if float(np.abs(traj[-1] - traj[-2]).max()) <= stationary_tol * scale:
                 stationary.append(i)
         u0 = traj[0]
-        if bounds:
-            lo, hi = bounds
-        elif pde_name == "heat":
-            lo, hi = min([float(u0.min()), *walls]), max([float(u0.max()), *walls])
-        else:
-            lo, hi = None, None
-        if lo is not None:
-            tol = bound_tol * max(1.0, hi - lo)
-            if u0.min() >= lo - tol and u0.max() <= hi + tol:
-                if traj.min() < lo - tol or traj.max() > hi + tol:
+        if pde_name == "fisher" and u0.min() < 0:
+            negative.append(i)
+        if entry is not None:
+            lo0, hi0 = u0.reshape(len(names), -1).min(1), u0.reshape(len(names), -1).max(1)
+            if wall_of is not None:
+                lo0, hi0 = np.minimum(lo0, wall_of), np.maximum(hi0, wall_of)
+            rng = entry.value_range(lo0, hi0, pde_spec.parameters)
+            if rng is not None:
+                lo, hi = rng
+                width = max(1.0, float(np.max(hi0 - lo0)))
+                tol = (bound_tol if entry.envelope_certified else 0.1) * width
+                flat = traj.reshape(traj.shape[0], len(names), -1)
+                if np.any(flat.min(axis=(0, 2)) < lo - tol) or np.any(flat.max(axis=(0, 2)) > hi + tol):
                     escaped.append(i)
-            elif pde_name == "fisher" and u0.min() < 0:
-                negative.append(i)
+                    envelope = (lo, hi, entry.envelope_certified)
     rep.facts["ranges"] = {k: tuple(v) for k, v in ranges.items()}
     if unreadable:
         rep.errors.append(f"{len(unreadable)} trajectories fail their checksum (bit rot or tampering; first: "
@@ -630,10 +623,11 @@ def _validate_open(f, path, rep: ValidationReport, stationary_tol: float, bound_
     if nonfinite:
         rep.errors.append(f"{len(nonfinite)} trajectories hold NaN or inf values (first: {nonfinite[0]})")
     if escaped:
+        lo, hi, certified = envelope
+        what = "the invariant range the PDE keeps" if certified else "the plausible range (ten times the initial values)"
         rep.errors.append(
-            f"{len(escaped)} trajectories leave the invariant range {bounds or 'of their initial data'} "
-            f"that they started in (first: {escaped[0]})"
-        )
+            f"{len(escaped)} trajectories leave {what} from their initial data (first: {escaped[0]}, range "
+            f"{', '.join(f'[{a:.3g}, {b:.3g}]' for a, b in zip(lo, hi))}): corrupted values")
     if negative:
         rep.warnings.append(
             f"{len(negative)} of {n} Fisher trajectories start with negative values (min "

@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import DatagenError
 from .metadata import DatasetMetadata
+from .safeio import file_mode, open_nofollow, refuse_link
 from .store import create_layout, write_frames
 
 __all__ = ["PartialFile", "IsolatedWriter", "Slot"]
@@ -53,14 +54,15 @@ class PartialFile:
     # -- opening -----------------------------------------------------------------------------
     def open(self, resume: bool, overwrite: bool) -> list[int]:
         """Create or reopen the file; the indices of the batches still to solve."""
-        if self.tmp.exists():
+        if os.path.lexists(self.tmp):
             if overwrite:
-                self.tmp.unlink()
+                self.tmp.unlink()  # a link itself, never its target
             elif not resume:
                 raise DatagenError(f"an interrupted run left {self.tmp}; pass --resume to continue it or --overwrite "
                                    "to restart")
         import h5py
 
+        refuse_link(self.tmp, "temporary file")
         if not self.tmp.exists():
             self._create()
         try:
@@ -92,6 +94,8 @@ class PartialFile:
             raise
 
     def _make(self, h5py) -> None:
+        # created here, exclusively and without following a link, before h5py opens it by name
+        os.close(open_nofollow(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode()))
         with h5py.File(self.tmp, "w") as f:
             create_layout(f, self.meta, self.compression, preallocate=True)
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)

@@ -113,19 +113,17 @@ def _horizons(text: str, steps: int) -> list[int]:
 
 
 def _write(report, path: str) -> None:
+    from datagen.safeio import atomic_path
+
     out = Path(path)
+    if out.suffix not in (".csv", ".nc", ".netcdf", ".cdf"):
+        raise SurrogateError(f"--out {path!r}: use a .nc or .csv file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         if out.suffix == ".csv":
             report.to_dataframe().to_csv(tmp)
-        elif out.suffix in (".nc", ".netcdf", ".cdf"):
-            report.to_netcdf(tmp)
         else:
-            raise SurrogateError(f"--out {path!r}: use a .nc or .csv file name")
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+            report.to_netcdf(tmp)
 
 
 def cmd(a: argparse.Namespace) -> int:

@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from datagen.limits import MAX_DEGREE, MAX_FIELDS, MAX_SUBSTEPS, loads_bounded
+from datagen.safeio import atomic_path
+
 from .errors import SurrogateError
 from .integrators import INTEGRATORS, projected_euler, sample_norm
 from .vector_field import ConvVectorField
@@ -28,6 +31,9 @@ __all__ = ["Surrogate", "SurrogateConfig", "build_surrogate", "save", "load", "l
 
 CHECKPOINT_FORMAT = "pdesurrogate.checkpoint"
 CHECKPOINT_VERSION = 1
+# bounds on what a config (a checkpoint's, a TOML file's) may ask for, checked before allocating
+MAX_HIDDEN = 1024
+MAX_KERNEL = 31
 # derivatives given to hidden channels by init="stencil", in turn
 STENCIL_INIT_ORDERS = ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2))
 
@@ -76,16 +82,30 @@ class SurrogateConfig:
 
     def __post_init__(self) -> None:
         powers = self.powers if isinstance(self.powers, (list, tuple)) else (self.powers,)
-        object.__setattr__(self, "powers", tuple(int(p) for p in powers))
-        object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        if len(powers) > MAX_HIDDEN:
+            raise SurrogateError(f"powers has {len(powers)} entries, more than the {MAX_HIDDEN} hidden channels allowed")
+        try:
+            object.__setattr__(self, "powers", tuple(int(p) for p in powers))
+            object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        except (TypeError, ValueError, OverflowError):
+            raise SurrogateError(f"powers={self.powers!r} must be integers and spacing={self.spacing!r} two "
+                                 "numbers") from None
+        if not self.powers or any(not 1 <= p <= MAX_DEGREE for p in self.powers):
+            raise SurrogateError(f"powers={list(self.powers)} must be integers from 1 to {MAX_DEGREE} (the activation "
+                                 "relu(x)**p)")
         if isinstance(self.boundary_value, list):
             object.__setattr__(self, "boundary_value", tuple(self.boundary_value))
         if self.integrator not in INTEGRATORS:
             raise SurrogateError(f"unknown integrator {self.integrator!r}; choose one of {', '.join(INTEGRATORS)}")
-        for name in ("fields", "hidden", "substeps"):
+        for name, most in (("fields", MAX_FIELDS), ("hidden", MAX_HIDDEN), ("substeps", MAX_SUBSTEPS),
+                           ("kernel_size", MAX_KERNEL), ("kernel_size2", MAX_KERNEL)):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if v is None and name == "kernel_size2":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise SurrogateError(f"{name}={v!r} must be a positive integer")
+            if v > most:
+                raise SurrogateError(f"{name}={v} is above the limit {most}")
         if not (isinstance(self.dt, (int, float)) and math.isfinite(self.dt) and self.dt > 0):
             raise SurrogateError(f"dt={self.dt!r} must be a positive finite number")
         if self.init not in ("random", "stencil", "zeros"):
@@ -296,12 +316,12 @@ def save(model: Surrogate, path: str | os.PathLike, provenance: Mapping[str, Any
     if training is not None:
         payload["training"] = dict(training)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except OSError as exc:
+        raise SurrogateError(f"writing {path} failed: {exc.strerror or exc}; the previous file, if any, is "
+                             "unchanged (free space if the disk is full)") from None
     return path
 
 
@@ -315,17 +335,46 @@ def read_tensors(path: Path, what: str) -> Any:
         raise SurrogateError(f"{path} is not a readable {what}") from None
 
 
+def _json_field(payload: Mapping[str, Any], key: str, path: Path, kind: type, default: str | None = None) -> Any:
+    """A checkpoint's JSON text field ``key`` parsed with its size and nesting bounded."""
+    text = payload.get(key, default)
+    if not isinstance(text, (str, bytes)):
+        raise SurrogateError(f"{path}: its {key} is not JSON text; the file was not written by pdesurrogate.save")
+    try:
+        value = loads_bounded(text, f"{path}: its {key}")
+    except ValueError as exc:
+        raise SurrogateError(str(exc)) from None
+    if not isinstance(value, kind):
+        raise SurrogateError(f"{path}: its {key} is not a JSON object")
+    return value
+
+
+def _state_dict(payload: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights, checked to be a mapping of names to tensors."""
+    sd = payload.get("state_dict")
+    if not isinstance(sd, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in sd.items()):
+        raise SurrogateError(f"{path}: its state_dict is not a mapping of names to tensors; the file was not written "
+                             "by pdesurrogate.save")
+    return dict(sd)
+
+
 def load_training_state(path: str | os.PathLike, model: Surrogate) -> dict[str, Any]:
     """Load the weights of checkpoint ``path`` into ``model`` and return its training state."""
     path = Path(path)
     payload = read_tensors(path, "checkpoint (corrupt, or not written by pdesurrogate.save)")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "training" not in payload:
         raise SurrogateError(f"{path} is not a training checkpoint written by pdesurrogate.fit")
+    sd = _state_dict(payload, path)
+    training = payload["training"]
+    if not isinstance(training, dict) or not isinstance(training.get("history", []), list):
+        raise SurrogateError(f"{path}: its training state is malformed (history must be a list); start without "
+                             "--resume")
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(sd)
     except RuntimeError as exc:
         raise SurrogateError(f"{path}: its weights do not fit this model ({str(exc).splitlines()[0]})") from None
-    return payload["training"]
+    return training
 
 
 def load(path: str | os.PathLike, integrator: str | None = None, substeps: int | None = None,
@@ -340,11 +389,15 @@ def load(path: str | os.PathLike, integrator: str | None = None, substeps: int |
             f"{path} has checkpoint version {payload.get('version')}, this package reads {CHECKPOINT_VERSION}"
         )
     try:
-        cfg = SurrogateConfig.from_dict(json.loads(payload["config"]))
+        cfg = SurrogateConfig.from_dict(_json_field(payload, "config", path, dict))
     except (KeyError, ValueError, TypeError) as exc:
+        if isinstance(exc, SurrogateError):
+            raise
         raise SurrogateError(f"{path}: its config is malformed ({exc})") from None
+    sd = _state_dict(payload, path)
+    info = _json_field(payload, "info", path, dict, "{}")
+    provenance = _json_field(payload, "provenance", path, dict, "{}")
     model = build_surrogate(cfg)
-    sd = dict(payload.get("state_dict", {}))
     for name, buf in model.state_dict().items():
         if name.endswith(("kernel_scale", "bias_scale")) and name not in sd:  # written before kernels were in grid units
             sd[name] = torch.ones_like(buf)
@@ -355,11 +408,7 @@ def load(path: str | os.PathLike, integrator: str | None = None, substeps: int |
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise SurrogateError(f"{path}: weights do not match its config ({first})") from None
-    try:
-        model.info = json.loads(payload.get("info", "{}"))
-        model.provenance = json.loads(payload.get("provenance", "{}"))
-    except (TypeError, ValueError) as exc:
-        raise SurrogateError(f"{path}: its info or provenance is not valid JSON ({exc})") from None
+    model.info, model.provenance = info, provenance
     if integrator is not None or substeps is not None:
         model = model.with_integrator(integrator, substeps)
     return model

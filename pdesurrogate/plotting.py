@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from datagen.safeio import atomic_path
+
 from .errors import SurrogateError
 
 __all__ = ["plot_error_curves", "plot_error_split", "plot_panels", "plot_kernels", "animate_rollout", "save"]
@@ -178,13 +180,11 @@ def animate_rollout(truth: np.ndarray, prediction: np.ndarray, out: str | os.Pat
     anim = FuncAnimation(fig, frame, frames=n, blit=False)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.gif")
     try:
-        anim.save(tmp, writer=PillowWriter(fps=fps))
-        os.replace(tmp, out)
+        with atomic_path(out, suffix=".gif") as tmp:
+            anim.save(tmp, writer=PillowWriter(fps=fps))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -193,13 +193,11 @@ def save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     plt = _plt()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, out)
+        with atomic_path(out, suffix=out.suffix) as tmp:
+            fig.savefig(tmp, dpi=dpi)
     except ValueError as exc:
         raise SurrogateError(f"cannot write {out}: {exc}") from None
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from datagen.errors import DatagenError
+from datagen.safeio import write_atomic
 
 from .errors import SurrogateError
 
@@ -131,7 +132,7 @@ def train_cmd(a: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         resolved = {"data": {**d, "path": str(train_file)}, "model": mcfg,
                     "fit": {k: (str(v) if k == "dtype" else v) for k, v in cfg["fit"].items()}}
-        (out / "run.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        write_atomic(out / "run.json", json.dumps(resolved, indent=2, default=str) + "\n")
         print(f"training on {train_file} ({len(train)} windows), "
               f"validating on {valid_file or 'nothing'}; checkpoints in {out}", flush=True)
     progress = not a.quiet and sys.stderr.isatty()

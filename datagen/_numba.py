@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import DatagenError
+from .safeio import write_atomic
 from .stencils import central_stencil
 
 __all__ = ["available", "compile_rhs", "compile_euler_rollout", "cache_dir"]
@@ -106,6 +108,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "datagen"
 
 
+def _check_private(folder: Path) -> None:
+    """Refuse a kernel cache that anyone but this user could have written to: numba loads the
+    pickled index files there, and Python the compiled modules, so a planted file would run."""
+    st = os.lstat(folder)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise DatagenError(f"the kernel cache {folder} is not a plain folder; remove it or set DATAGEN_CACHE_DIR to a "
+                           "private folder")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise DatagenError(f"the kernel cache {folder} belongs to another user (uid {st.st_uid}); set "
+                           "DATAGEN_CACHE_DIR to a folder of your own")
+    if st.st_mode & 0o022:
+        raise DatagenError(f"the kernel cache {folder} is writable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+                           f"run chmod 700 {folder}, or set DATAGEN_CACHE_DIR to a private folder")
+
+
 def _cached_kernel(source: str):
     """The kernel of ``source`` from a module file named by its hash, compiled with numba's
     on-disk cache, so a fresh process loads it instead of compiling (about 2 s); ``None`` when
@@ -120,11 +137,10 @@ def _cached_kernel(source: str):
     path = folder / f"{name}.py"
     text = "import numba\n\n\n@numba.njit(cache=True, error_model='numpy')\n" + source
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not path.exists() or path.read_text() != text:
-            tmp = folder / f".{name}.{os.getpid()}.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, path)  # concurrent processes write the same text: either one wins
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _check_private(folder)
+        if path.is_symlink() or not path.exists() or path.read_text() != text:
+            write_atomic(path, text, sync=False)  # concurrent processes write the same text: either one wins
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # numba's cache re-imports the kernel's module by name

@@ -344,10 +344,37 @@ def cmd_validate(path: str, deep: bool = False, samples: int = 2) -> int:
         print(f"{f}: {rep.verdict()}")
         ok &= rep.ok
     if Path(path).is_dir():
+        problem = _splits_problem(files)
+        if problem:
+            print(f"error: {problem}")
+            ok = False
         problem = _stats_problem(Path(path))
         print(f"{Path(path) / 'stats.yaml'}: {problem or 'ok'}")
         ok &= problem is None
     return 0 if ok else 1
+
+
+def _splits_problem(files: dict) -> str | None:
+    """How the splits of one folder disagree on their configuration (a folder is one dataset), or None."""
+    from .store import read_provenance
+
+    configs = {}
+    for split, f in files.items():
+        try:
+            cfg = read_provenance(f)["config"]
+            configs[split] = {k: v for k, v in cfg.items() if k not in ("split", "n_trajectories")}
+        except (DatagenError, KeyError, TypeError):
+            continue  # the file's own validation reports it
+    if len(configs) < 2:
+        return None
+    (first, ref), *rest = configs.items()
+    for split, cfg in rest:
+        keys = sorted(k for k in set(ref) | set(cfg) if ref.get(k) != cfg.get(k))
+        if keys:
+            k = keys[0]
+            return (f"splits {first!r} and {split!r} come from different configurations ({k}={ref.get(k)!r} against "
+                    f"{k}={cfg.get(k)!r}); a folder is one dataset: regenerate the odd split")
+    return None
 
 
 def _stats_problem(root: Path) -> str | None:

@@ -214,7 +214,12 @@ class GenerationConfig:
         _check_stepper_memory(pde.n_fields, grid)
         from .solver import _build
 
-        stepper = _build(json.dumps(cfg.to_dict(), sort_keys=True))[2]
+        try:
+            with np.errstate(over="raise", invalid="raise"):
+                stepper = _build(json.dumps(cfg.to_dict(), sort_keys=True))[2]
+        except FloatingPointError:
+            raise DatagenError(f"dt={dt:.3g} with {substeps} substep(s) overflows the {integrator} solver's "
+                               "coefficients; choose a smaller --dt or more --substeps") from None
         if cfg.substeps == "auto":  # record the count actually used
             _check_substeps(stepper.substeps, dt)
             cfg = GenerationConfig(**{**cfg.to_dict(), "substeps": stepper.substeps})

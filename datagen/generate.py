@@ -78,7 +78,8 @@ def generate(config: GenerationConfig, out: str | os.PathLike, *, workers: int =
     pde = config.make_pde()
     grid = Grid.from_dict(config.grid)
     _check_memory(config, pde.n_fields, grid, workers if not scheduler else 1)
-    _check_space(out, pde.n_fields * grid.n_cells * 4 * (int(config.steps) + 1) * int(config.n_trajectories))
+    _check_space(out, pde.n_fields * grid.n_cells * 4 * (int(config.steps) + 1) * int(config.n_trajectories),
+                 resume and not overwrite)
     cfg = config.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     with _output_lock(out):
@@ -236,14 +237,18 @@ def _check_memory(cfg: GenerationConfig, n_fields: int, grid: Grid, workers: int
             "GiB available: lower --batch-size or --workers, or use a smaller grid")
 
 
-def _check_space(out: Path, dataset_bytes: int) -> None:
-    """Refuse before any work when the disk cannot hold the file (with room for its metadata)."""
+def _check_space(out: Path, dataset_bytes: int, resume: bool = False) -> None:
+    """Refuse before any work when the disk cannot hold the file (with room for its metadata);
+    on ``resume`` the interrupted run's file already holds its share of that space."""
     folder = out.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
         raise DatagenError(f"cannot write to {out.parent}: {folder} is not a folder")
     need, free = int(1.1 * dataset_bytes) + 2 ** 20, shutil.disk_usage(folder).free
+    partial = out.with_name(f".{out.name}.tmp")
+    if resume and partial.is_file() and not partial.is_symlink():
+        need -= partial.stat().st_blocks * 512
     if need > free:
         raise DatagenError(
             f"not enough disk space in {folder}: the dataset needs about {need / 1e9:.3g} GB "

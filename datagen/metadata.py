@@ -10,12 +10,14 @@ the same code that wrote it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
 from .errors import DatagenError
+from .limits import MAX_STEPS, MAX_TRAJECTORIES
 
 __all__ = ["DatasetMetadata"]
 
@@ -49,6 +51,12 @@ class DatasetMetadata:
         """The metadata of a run of a resolved :class:`~datagen.GenerationConfig` (or its dict)
         with its PDE and :class:`~datagen.Grid`."""
         cfg = config if isinstance(config, Mapping) else config.to_dict()
+        steps, n, dt = int(cfg["steps"]), int(cfg["n_trajectories"]), float(cfg["dt"])
+        if not 1 <= steps <= MAX_STEPS or not 1 <= n <= MAX_TRAJECTORIES:
+            raise DatagenError(f"steps={steps} and n_trajectories={n} must lie within the limits {MAX_STEPS} and "
+                               f"{MAX_TRAJECTORIES}")
+        if not (math.isfinite(dt) and 0 < dt and dt * steps < 1e30):
+            raise DatagenError(f"dt={dt!r} must be a positive number whose horizon float32 can hold")
         return cls(dataset_name=str(cfg["pde"]), fields=tuple(pde.fields),
                    parameters={k: float(v) for k, v in pde.parameters.items()},
                    n_trajectories=int(cfg["n_trajectories"]),

@@ -460,13 +460,58 @@ def _check_provenance(f, prov: dict, rep: "ValidationReport") -> None:
         return
     if stored.to_dict() != expect.to_dict():
         rep.errors.append(f"the stored PDE spec differs from {cfg['pde']} as the config defines it")
-    # the file's own metadata against what its provenance implies: the writer's object, read back
+    # the file's own metadata against what its provenance implies: the writer's object, read back,
+    # and the groups The Well's loader reads, against a layout made from the provenance by the writer
     try:
         rep.errors.extend(expected.differences(DatasetMetadata.read(f)))
+        rep.errors.extend(_layout_differences(f, expected))
     except KeyError as exc:
         rep.errors.append(f"the file's metadata lacks {exc}")
     except (TypeError, ValueError, OSError) as exc:
         rep.errors.append(f"the file's metadata is malformed ({type(exc).__name__}: {exc})")
+
+
+def _layout_differences(f, expected: DatasetMetadata) -> list[str]:
+    """Where the file's ``scalars`` and ``boundary_conditions`` groups depart from those the
+    writer makes for ``expected`` (built in memory by :func:`create_layout`)."""
+    import io
+
+    h5py = _h5()
+    out: list[str] = []
+    with h5py.File(io.BytesIO(), "w") as ref:
+        create_layout(ref, expected)
+        for group in ("scalars", "boundary_conditions"):
+            _compare_node(ref[group], f.get(group), group, out)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """An attribute or dataset value as plain Python (str for bytes), for comparison."""
+    arr = np.asarray(value)
+    if arr.dtype.kind in "OSU":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in arr.ravel().tolist()]
+    return arr.astype(np.float64).ravel().tolist() if arr.dtype.kind in "fiub" else arr.tolist()
+
+
+def _compare_node(want, got, name: str, out: list[str]) -> None:
+    h5py = _h5()
+    if got is None or isinstance(got, h5py.Group) != isinstance(want, h5py.Group):
+        out.append(f"{name} is missing or of the wrong kind (the provenance implies one)")
+        return
+    if set(want.attrs) != set(got.attrs):
+        out.append(f"{name} has attributes {sorted(got.attrs)}, the provenance implies {sorted(want.attrs)}")
+    for k in want.attrs:
+        if k in got.attrs and _plain(want.attrs[k]) != _plain(got.attrs[k]):
+            out.append(f"{name} attribute {k}={_plain(got.attrs[k])} disagrees with the provenance "
+                       f"({_plain(want.attrs[k])})")
+    if isinstance(want, h5py.Group):
+        if set(want) != set(got):
+            out.append(f"{name} holds {sorted(got)}, the provenance implies {sorted(want)}")
+        for k in want:
+            if k in got:
+                _compare_node(want[k], got[k], f"{name}/{k}", out)
+    elif want.shape != got.shape or _plain(want[()]) != _plain(got[()]):
+        out.append(f"{name} holds {_plain(got[()])}, the provenance implies {_plain(want[()])}")
 
 
 def validate(path: str | os.PathLike, *, stationary_tol: float = 1e-7, bound_tol: float = 1e-4,

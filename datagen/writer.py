@@ -243,7 +243,7 @@ class IsolatedWriter:
     def open(self, resume: bool, overwrite: bool) -> list[int]:
         """As :meth:`PartialFile.open`. A fresh file is made while the first batch is solved (a
         failure, such as a full disk, is reported at the first write)."""
-        if not self.tmp.exists():
+        if not os.path.lexists(self.tmp):
             self._call("open", resume, overwrite, wait=False)
             return list(range(len(self._bounds)))
         return self._call("open", resume, overwrite)

@@ -367,9 +367,15 @@ def load_training_state(path: str | os.PathLike, model: Surrogate) -> dict[str, 
         raise SurrogateError(f"{path} is not a training checkpoint written by pdesurrogate.fit")
     sd = _state_dict(payload, path)
     training = payload["training"]
-    if not isinstance(training, dict) or not isinstance(training.get("history", []), list):
-        raise SurrogateError(f"{path}: its training state is malformed (history must be a list); start without "
-                             "--resume")
+    kinds = {"history": dict, "options": dict, "optimizer": dict, "epoch": int, "stale": int, "best": (int, float)}
+    bad = ([k for k, kind in kinds.items() if not isinstance(training.get(k), kind)] if isinstance(training, dict)
+           else ["training"])
+    if not bad and not all(isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)
+                           for v in training["history"].values()):
+        bad = ["history"]
+    if bad:
+        raise SurrogateError(f"{path}: its training state is malformed ({bad[0]} is missing or of the wrong type); "
+                             "start without --resume in a new folder")
     try:
         model.load_state_dict(sd)
     except RuntimeError as exc:

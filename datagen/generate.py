@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -27,7 +26,7 @@ from .errors import DatagenError
 from .metadata import DatasetMetadata
 from .grid import Grid
 from .runner import progress_reporter, run_batches
-from .safeio import open_nofollow, refuse_link
+from .safeio import output_lock, refuse_link
 from .solver import MAX_REFINE, solve, solve_batch
 
 log = logging.getLogger("datagen")
@@ -157,51 +156,6 @@ def _output_lock(out: Path):
     return output_lock(out.with_name(f".{out.name}.lock"), out)
 
 
-@contextmanager
-def output_lock(path: Path, out: Path | str):
-    """An exclusive OS lock on the lock file ``path`` (guarding ``out``) for the whole run,
-    released by the OS if the process dies.
-
-    A second run on the same output stops at once, naming the first one's pid, so that
-    ``--overwrite`` can never delete the work of a live run. The lock file is opened without
-    following links.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no locking
-        yield
-        return
-    while True:
-        try:
-            fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise DatagenError(f"cannot write to {path.parent}: {exc.strerror}; choose another --out") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise DatagenError(f"another run (pid {other}) is writing {out}; wait for it to finish or choose "
-                               "another --out") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # the file was replaced while we waited for it: lock the new one
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-
 def _finished(config: GenerationConfig, out: Path) -> Path:
     """``out`` when it is a finished run of ``config`` (``--resume`` keeps it), else an error."""
     from .store import read_provenance
@@ -296,14 +250,20 @@ def generate_splits(config: GenerationConfig, splits: Mapping[str, int], out_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise DatagenError(f"--out {out_dir} is a file; datasets are folders (data/<split>/<name>.hdf5)")
     mine = {k: v for k, v in config.resolve().to_dict().items() if k not in ("split", "n_trajectories")}
-    if out_dir.is_dir():
+    if out_dir.is_dir() and not os.path.lexists(out_dir / FOLDER_LOCK):
+        # early, before making folders; with a lock file present a live run may be mid-way, so
+        # the check waits until the lock is ours (a second run must hear "another run", not a
+        # half-written folder's differences)
         _check_folder(out_dir, splits, mine)
     for d in (out_dir / "data", *(out_dir / "data" / k for k in splits)):
         refuse_link(d, "dataset folder")
     paths: list[Path] = []
     made = [d for d in (out_dir, out_dir / "data", *(out_dir / "data" / k for k in splits)) if not d.exists()]
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatagenError(f"cannot write to {out_dir}: {exc.strerror or exc}; choose another --out") from None
         # one run per folder: a second run (even with --overwrite) must not replace the splits of
         # a live one, or the folder would end with splits of two configurations
         with output_lock(out_dir / FOLDER_LOCK, out_dir):

@@ -18,7 +18,7 @@ from typing import Iterator
 
 from .errors import DatagenError
 
-__all__ = ["open_nofollow", "refuse_link", "atomic_path", "write_atomic", "file_mode"]
+__all__ = ["open_nofollow", "refuse_link", "atomic_path", "write_atomic", "file_mode", "output_lock"]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -93,3 +93,48 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, sync: bool = True) 
         finally:
             os.close(fd)
     return Path(path)
+
+
+@contextmanager
+def output_lock(path: Path, out: Path | str) -> Iterator[None]:
+    """An exclusive OS lock on the lock file ``path`` (guarding ``out``) for the whole run,
+    released by the OS if the process dies.
+
+    A second run on the same output stops at once, naming the first one's pid, so that
+    ``--overwrite`` can never delete the work of a live run. The lock file is opened without
+    following links.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        yield
+        return
+    while True:
+        try:
+            fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DatagenError(f"cannot write to {path.parent}: {exc.strerror}; choose another --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DatagenError(f"another run (pid {other}) is writing {out}; wait for it to finish or choose "
+                               "another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the file was replaced while we waited for it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.close(fd)

@@ -7,10 +7,12 @@ from .activations import PowerReLU, signed_power
 from .data import WindowDataset, receptive_halo
 from .diagnostics import effective_stencil, fd_stencil, stencil_distance
 from .errors import SurrogateError
-from .evaluation import default_witness, error_split, evaluate, lipschitz_estimate, summarize, witness_in_class
+from .evaluation import (default_witness, error_split, evaluate, lipschitz_estimate, rollout_error, summarize,
+                         witness_in_class)
 from .exact import embed, exact_channels, exact_surrogate
 from .gauss_newton import step_jacobian
 from .integrators import INTEGRATORS
+from .learn import Recipe, data_start, learn, train
 from .model import Surrogate, SurrogateConfig, build_surrogate, load, save
 from .published import KEY_MAP, load_published, published_config
 from .stencil_conv import BoundaryPad, StencilConv2d
@@ -24,6 +26,7 @@ __all__ = [
     "exact_channels", "exact_surrogate", "embed", "INTEGRATORS", "Surrogate", "SurrogateConfig", "build_surrogate",
     "load", "save", "KEY_MAP", "load_published", "published_config", "BoundaryPad", "StencilConv2d",
     "ConvVectorField", "evaluate", "summarize", "error_split", "default_witness", "witness_in_class",
-    "lipschitz_estimate", "step_jacobian", "WindowDataset", "receptive_halo", "fit", "window_loss", "malloc_tuned",
+    "lipschitz_estimate", "rollout_error", "step_jacobian", "Recipe", "data_start", "learn",
+    "train", "WindowDataset", "receptive_halo", "fit", "window_loss", "malloc_tuned",
     "__version__",
 ]

@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="TOML file with [data], [model] and [fit] tables (see below)")
     t.add_argument("--out", default="runs/surrogate", help="folder for checkpoints and model.pt (default runs/surrogate)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (refused without it)")
     t.add_argument("--epochs", type=int, help="override [fit] epochs")
     t.add_argument("--seed", type=int, help="override [fit] seed")
     t.add_argument("--device", help="override [fit] device (auto, cpu, cuda)")

@@ -37,11 +37,13 @@ from datagen.errors import DatagenError
 from datagen.grid import Grid
 from datagen.pde import PDE
 
+from datagen.limits import MAX_STEPS, loads_bounded
+
 from .errors import SurrogateError
 from .model import Surrogate
 
 __all__ = ["evaluate", "summarize", "error_split", "default_witness", "witness_in_class", "lipschitz_estimate",
-           "METRICS"]
+           "rollout_error", "METRICS"]
 
 METRICS = ("mse", "max_error", "rel_l2")
 
@@ -82,6 +84,7 @@ class _Source:
                 lo, hi = int(idx.min()), int(idx.max()) + 1
                 parts = [f["t0_fields"][name][lo:hi, :stored] for name in self.fields]
             ref = np.stack(parts, axis=2)[idx - lo].astype(np.float64)
+        self._check_finite(ref, idx)
         if steps + 1 > stored:
             if self.provenance is None:
                 raise SurrogateError(
@@ -92,7 +95,17 @@ class _Source:
 
             more = solve(self.provenance, ref[:, -1], steps + 1 - stored)
             ref = np.concatenate([ref, more[:, 1:]], axis=1)
+            self._check_finite(ref, idx)
         return ref
+
+    def _check_finite(self, ref: np.ndarray, idx: np.ndarray) -> None:
+        # never average a corrupt trajectory away: name it so that it can be left out or regenerated
+        bad = ~np.isfinite(ref.reshape(ref.shape[0], ref.shape[1], -1)).all(axis=2)
+        if bad.any():
+            b, n = np.argwhere(bad)[0]
+            raise SurrogateError(f"{self.name}: the reference of trajectory {int(idx[b])} is not finite at step "
+                                 f"{int(n)} ({int(bad.sum())} frames in this batch); regenerate the data or leave that "
+                                 "trajectory out (trajectories=...)")
 
 
 def _source(data: Any, split: str | None = None) -> _Source:
@@ -128,7 +141,7 @@ def _source(data: Any, split: str | None = None) -> _Source:
     except ImportError:  # pragma: no cover - xarray is a dependency
         xr = None
     if xr is not None and isinstance(data, xr.Dataset):
-        prov = json.loads(data.attrs["provenance"]) if "provenance" in data.attrs else None
+        prov = loads_bounded(data.attrs["provenance"], "the dataset's provenance") if "provenance" in data.attrs else None
         names = PDE.from_dict(prov["pde"]).fields if prov else tuple(data.data_vars)
         arr = np.stack([data[n].transpose("trajectory", "time", "x", "y").values for n in names], axis=2)
         dt = float(prov["config"]["dt"]) if prov else None
@@ -167,9 +180,27 @@ def _check(model: Surrogate, src: _Source) -> None:
 
 
 def _device(device: str | torch.device) -> torch.device:
+    """``auto`` (CUDA when present), or a device torch knows and this machine has; one-line errors."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SurrogateError(f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise SurrogateError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); use "
+                             "auto or cpu")
+    if dev.type not in ("cpu", "cuda") and not _available(dev):
+        raise SurrogateError(f"device {device!r} is not available here; use auto or cpu")
+    return dev
+
+
+def _available(dev: torch.device) -> bool:
+    try:
+        torch.empty(1, device=dev)
+    except (RuntimeError, AssertionError):
+        return False
+    return True
 
 
 def _prepare(model: Surrogate, data: Any, steps: int | None, trajectories: Sequence[int] | None,
@@ -180,6 +211,8 @@ def _prepare(model: Surrogate, data: Any, steps: int | None, trajectories: Seque
         steps = src.n_time - 1
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise SurrogateError(f"steps={steps!r} must be a positive integer")
+    if steps > MAX_STEPS:
+        raise SurrogateError(f"steps={steps} is above the limit {MAX_STEPS}")
     idx = np.arange(src.n_traj) if trajectories is None else np.asarray(list(trajectories), dtype=int).reshape(-1)
     if idx.size == 0 or idx.min() < 0 or idx.max() >= src.n_traj:
         raise SurrogateError(f"trajectories must be indices in 0..{src.n_traj - 1}")
@@ -199,9 +232,23 @@ def _cast(model: Surrogate, dev: torch.device, dtype: torch.dtype) -> Surrogate:
     return copy.deepcopy(model).to(device=dev, dtype=dtype)
 
 
+def _check_memory(src: _Source, steps: int, batch_size: int) -> None:
+    """Refuse a horizon whose reference frames for one batch cannot fit (float64, with the
+    solver's copy when the horizon is extended), before reading or solving anything."""
+    from datagen.config import available_memory
+
+    b = max(1, min(int(batch_size), src.n_traj))
+    need = 3 * b * (steps + 1) * src.n_fields * int(np.prod(src.shape)) * 8
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise SurrogateError(f"{steps} steps of a batch of {b} trajectories need about {need / 2**30:.3g} GiB of "
+                             f"reference frames, more than the {avail / 2**30:.3g} GiB available: lower --steps or "
+                             "--batch-size")
+
+
 def _batches(idx: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    if batch_size < 1:
-        raise SurrogateError(f"batch_size={batch_size} must be positive")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise SurrogateError(f"batch_size={batch_size!r} must be a positive integer")
     for s in range(0, idx.size, batch_size):
         yield idx[s:s + batch_size]
 
@@ -264,6 +311,7 @@ def evaluate(model: Surrogate, data: Any, steps: int | None = None, trajectories
     import xarray as xr
 
     src, steps, idx, dev, dtype = _prepare(model, data, steps, trajectories, device, dtype, split)
+    _check_memory(src, steps, batch_size)
     net = _cast(model, dev, dtype)
     F = src.n_fields
     out = {k: np.empty((idx.size, steps)) for k in METRICS}
@@ -341,6 +389,14 @@ def _split_batch(N: Surrogate, E: Surrogate, ref_np: np.ndarray, steps: int, ite
             cols["stability_bound"].append(bound / scale)
     for k in out:
         out[k][row:row + ref.shape[0]] = torch.stack(cols[k], 1).cpu().numpy()
+
+
+def rollout_error(model: Surrogate, data: Any, steps: int, trajectories: Sequence[int] | None = None,
+                  device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> float:
+    """Mean over trajectories of the relative L2 error at step ``steps`` (the validation score
+    of training); NaN when a rollout blows up."""
+    rep = evaluate(model, data, steps=steps, trajectories=trajectories, device=device, dtype=dtype)
+    return float(rep.rel_l2.sel(step=steps).mean())
 
 
 def summarize(report, horizons: Sequence[int] | None = None, metrics: Sequence[str] | None = None):
@@ -563,6 +619,7 @@ def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate
     import xarray as xr
 
     src, steps, idx, dev, dtype = _prepare(model, data, steps, trajectories, device, dtype, split)
+    _check_memory(src, steps, batch_size)
     meta: dict[str, Any]
     if witness is None:
         if src.pde is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -217,10 +217,11 @@ def _set_flat(params, v: torch.Tensor) -> None:
             i += p.numel()
 
 
-def lm_polish(model: Surrogate, windows: torch.Tensor | None, norm: float, params: list[torch.Tensor],
+def lm_polish(model: Surrogate, windows: Sequence[torch.Tensor] | None, norm: float, params: list[torch.Tensor],
               iterations: int, steps: int, loss: str, valid, start_valid: float | None,
-              allreduce) -> dict[str, Any]:
-    """Levenberg-Marquardt on ``windows`` (this process's share); see ``fit(lm=...)``.
+              allreduce, on_iteration: Callable[[int, float, float | None], None] | None = None) -> dict[str, Any]:
+    """Levenberg-Marquardt on ``windows`` (this process's share, each ``(>= steps + 1, fields, x, y)``);
+    see ``fit(lm=...)``. ``on_iteration(i, loss, valid)`` hears of every accepted step.
 
     ``norm`` turns the summed squared error of all processes' windows into
     the reported loss. ``valid()`` returns the validation error (``None`` without validation
@@ -303,6 +304,8 @@ def lm_polish(model: Surrogate, windows: torch.Tensor | None, norm: float, param
             break
         done = it + 1
         v = valid()
+        if on_iteration is not None:
+            on_iteration(done, current / norm, v)
         if v is not None:
             curve.append(v)
             if math.isfinite(v) and v < best_v:

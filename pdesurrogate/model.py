@@ -34,8 +34,9 @@ CHECKPOINT_VERSION = 1
 # bounds on what a config (a checkpoint's, a TOML file's) may ask for, checked before allocating
 MAX_HIDDEN = 1024
 MAX_KERNEL = 31
-# derivatives given to hidden channels by init="stencil", in turn
-STENCIL_INIT_ORDERS = ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2))
+# derivatives given to hidden channels by init="stencil", in turn, each to a sign pair of
+# channels: the Laplacian's parts first, so that six channels already span Fisher's right-hand side
+STENCIL_INIT_ORDERS = ((0, 0), (2, 0), (0, 2), (1, 0), (0, 1), (1, 1))
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ class SurrogateConfig:
         substeps: integrator steps per time step ``dt``.
         dt: the time step one call advances.
         boundary, boundary_value: padding rule (periodic, dirichlet, neumann) and wall values.
-        init: ``random`` (PyTorch default), ``stencil`` (K1 channels set to finite-difference
-            stencils of ``STENCIL_INIT_ORDERS``, K2 zero, so the surrogate starts as the identity)
-            or ``zeros``.
+        init: ``random`` (PyTorch default), ``stencil`` (K1 channels in sign pairs ``+d, -d`` of
+            the finite-difference stencils of ``STENCIL_INIT_ORDERS``, K2 zero, so the surrogate
+            starts as the identity) or ``zeros``.
         accuracy, spacing: stencil accuracy and grid spacing used by ``init="stencil"``.
         constraint: ``None``, ``frozen`` or ``moments`` on K1 (``moments`` needs ``init="stencil"``).
         mass_preserving: zero-sum K2 and no b2, so that sum(F(U)) = 0 on periodic grids.
@@ -266,10 +267,16 @@ def _stencil_init(vf: ConvVectorField, cfg: SurrogateConfig) -> None:
         return (stencil_radius(max(o), cfg.accuracy) if max(o) else 0) <= cfg.kernel_size // 2
 
     orders = [o for o in STENCIL_INIT_ORDERS if fits(o)]
+    shifts = torch.ones(cfg.hidden, dtype=torch.float64)
     for c in range(cfg.hidden):
-        f = c % cfg.fields
-        order = orders[(c // cfg.fields) % len(orders)]
-        conv1.set_stencil(c, f, order, cfg.accuracy, cfg.spacing)
+        # channels 2k and 2k+1 see +d and -d of one derivative d: with a shift b > |z|,
+        # relu^2(b + z) and relu^2(b - z) span {1, z, z^2}, so the pair gives K2 the derivative, its
+        # square and a constant; no two channels are equal, so their gradients differ from the start
+        slot, sign = c // 2, (1.0 if c % 2 == 0 else -1.0)
+        f = slot % cfg.fields
+        turn, k = divmod(slot // cfg.fields, len(orders))
+        conv1.set_stencil(c, f, orders[k], cfg.accuracy, cfg.spacing, scale=sign)
+        shifts[c] = 1.0 + turn  # a second round of the same derivatives at another shift
         for g in range(cfg.fields):  # record the other (zero) kernels as order (0, 0) times 0
             if g != f:
                 conv1.orders[(c, g)] = ((0, 0), cfg.accuracy)
@@ -289,7 +296,7 @@ def _stencil_init(vf: ConvVectorField, cfg: SurrogateConfig) -> None:
         # channels start shifted by one grid unit: relu(z + 1)^p = 1 + p z + ... while z > -1, so
         # K2 sees linear features of every stencil from the first step (at zero shift relu^p
         # gives K2 only z^p or a one-sided z, and linear terms such as a Lap u are learned slowly)
-        conv1.bias.fill_(1.0)
+        conv1.bias.copy_(shifts.to(conv1.bias.dtype))
     vf.conv2.kernel_scale.copy_((1.0 / (cfg.dt * s1 ** p)).expand_as(vf.conv2.kernel_scale))
     vf.conv2.bias_scale.fill_(1.0 / cfg.dt)
 
@@ -397,8 +404,8 @@ def load(path: str | os.PathLike, integrator: str | None = None, substeps: int |
     try:
         cfg = SurrogateConfig.from_dict(_json_field(payload, "config", path, dict))
     except (KeyError, ValueError, TypeError) as exc:
-        if isinstance(exc, SurrogateError):
-            raise
+        if isinstance(exc, SurrogateError):  # a bound or a range: name the file that asked for it
+            raise SurrogateError(f"{path}: its config is refused: {exc}") from None
         raise SurrogateError(f"{path}: its config is malformed ({exc})") from None
     sd = _state_dict(payload, path)
     info = _json_field(payload, "info", path, dict, "{}")

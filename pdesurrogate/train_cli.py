@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from datagen.errors import DatagenError
-from datagen.safeio import write_atomic
+from datagen.safeio import output_lock, write_atomic
 
 from .errors import SurrogateError
 
@@ -63,6 +63,13 @@ def read_config(path: str | None) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _rmdir_quietly(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def _split_file(data: Path, name: str) -> Path | None:
     """Split ``name`` of a dataset folder, or None when it is not there (or not asked for)."""
     from datagen.store import dataset_files
@@ -74,10 +81,8 @@ def train_cmd(a: argparse.Namespace) -> int:
     """Run ``pdesurrogate train``."""
     import torch
 
-    from . import evaluation
     from .data import WindowDataset, receptive_halo
-    from .model import build_surrogate, save
-    from .training import fit
+    from .model import build_surrogate
 
     cfg = read_config(a.config)
     for key in ("epochs", "seed", "device"):
@@ -128,8 +133,52 @@ def train_cmd(a: argparse.Namespace) -> int:
                               halo=receptive_halo(model, steps_max), seed=int(cfg["fit"].get("seed", 0)))
     out = Path(a.out)
     fresh = not out.exists()
-    if rank == 0:
+    if rank != 0:
+        return _train(a, cfg, model, train, probe, out, fresh, rank, train_file, valid_file, test_file, d, mcfg)
+    if a.resume and a.overwrite:
+        raise SurrogateError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    try:
         out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SurrogateError(f"cannot write to {out}: {exc.strerror or exc}; choose another --out") from None
+    # one training per run folder: a second one would overwrite the first one's checkpoints
+    try:
+        with output_lock(out / RUN_LOCK, out):
+            _claim(out, a.resume, a.overwrite)
+            return _train(a, cfg, model, train, probe, out, fresh, rank, train_file, valid_file, test_file, d, mcfg)
+    except (SurrogateError, DatagenError):
+        if fresh:
+            _rmdir_quietly(out)  # refused before any checkpoint: no empty run folder is left behind
+        raise
+
+
+RUN_LOCK = ".pdesurrogate.lock"
+RUN_FILES = ("model.pt", "last.pt", "best.pt", "run.json")
+
+
+def _claim(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder that holds another run unless ``resume`` continues it or ``overwrite``
+    replaces it (its run files are removed first, so nothing of the old run is resumed)."""
+    held = [name for name in RUN_FILES if os.path.lexists(out / name)]
+    if not held or resume:
+        return
+    if not overwrite:
+        what = "a finished run" if "model.pt" in held else "an interrupted run"
+        hint = "" if "model.pt" in held else "pass --resume to continue it, "
+        raise SurrogateError(f"{out} holds {what} ({', '.join(held)}); {hint}pass --overwrite to replace it, or "
+                             "choose another --out")
+    for name in held:
+        (out / name).unlink()
+
+
+def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train_file, valid_file, test_file, d,
+           mcfg) -> int:
+    """The training itself, the final weights and the test report (rank 0 writes and prints)."""
+    from . import evaluation
+    from .model import save
+    from .training import fit
+
+    if rank == 0:
         resolved = {"data": {**d, "path": str(train_file)}, "model": mcfg,
                     "fit": {k: (str(v) if k == "dtype" else v) for k, v in cfg["fit"].items()}}
         write_atomic(out / "run.json", json.dumps(resolved, indent=2, default=str) + "\n")
@@ -141,9 +190,8 @@ def train_cmd(a: argparse.Namespace) -> int:
                    **cfg["fit"])
     except SurrogateError:
         # refused before any checkpoint: leave no run folder behind that holds only its description
-        if rank == 0 and fresh and [p.name for p in out.iterdir()] == ["run.json"]:
-            (out / "run.json").unlink()
-            out.rmdir()
+        if rank == 0 and fresh and {p.name for p in out.iterdir()} <= {"run.json", RUN_LOCK}:
+            (out / "run.json").unlink(missing_ok=True)  # the folder goes once its lock is released
         raise
     if rank != 0:
         return 0

@@ -30,7 +30,7 @@ import torch
 
 from .data import WindowDataset, receptive_halo
 from .errors import SurrogateError
-from .evaluation import _device
+from .evaluation import _device, rollout_error
 from .gauss_newton import lm_polish
 from .model import Surrogate, load_training_state, save
 
@@ -40,7 +40,7 @@ LOSSES = ("mse", "relative")
 SCHEDULES = (None, "none", "cosine", "plateau")
 # options that must agree between a checkpoint and the run that resumes it
 _RESUME_KEYS = ("epochs", "batch_size", "unroll", "curriculum", "loss", "noise", "lr", "schedule", "clip", "seed", "dtype",
-                "weight_decay")
+                "weight_decay", "model", "data", "valid")
 
 
 def _center(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -114,6 +114,37 @@ def _phase(curriculum: Sequence[int], epoch: int, epochs: int) -> int:
     return int(curriculum[min(epoch * len(curriculum) // max(epochs, 1), len(curriculum) - 1)])
 
 
+def _describe(train: WindowDataset) -> dict[str, Any]:
+    """What defines the training windows: the file and its content, and how windows are cut."""
+    import hashlib
+
+    prov = json.dumps(train.provenance, sort_keys=True) if train.provenance else None
+    st = train.path.stat()
+    return {"file": str(train.path.resolve()), "content": hashlib.sha256(prov.encode()).hexdigest()[:16] if prov
+            else f"{st.st_size}:{st.st_mtime_ns}", "unroll": train.unroll, "stride": train.stride,
+            "fields": list(train.fields), "trajectories": _ints(train.trajectories), "crop": train.crop,
+            "halo": train.halo}
+
+
+def _name(source: Any) -> str | None:
+    if source is None:
+        return None
+    return str(Path(source).resolve()) if isinstance(source, (str, os.PathLike)) else "in memory"
+
+
+def _ints(values: Any) -> list[int] | None:
+    return None if values is None else [int(v) for v in np.asarray(values).reshape(-1)]
+
+
+def _differing(old: Any, new: Any) -> str:
+    """``old`` against this run's ``new``, naming the first entry that differs when both are dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in [*old, *(k for k in new if k not in old)]:  # in the order that describes the run
+            if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True):
+                return f"{k} was {old.get(k)!r}, this run has {new.get(k)!r}"
+    return f"was {old!r}, this run has {new!r}"
+
+
 def _check(model: Surrogate, train: WindowDataset, steps_max: int, loss: str, schedule: str | None) -> None:
     if not isinstance(model, Surrogate):
         raise SurrogateError(f"fit trains a pdesurrogate.Surrogate, not {type(model).__name__}")
@@ -142,10 +173,7 @@ def _check(model: Surrogate, train: WindowDataset, steps_max: int, loss: str, sc
 
 
 def _valid_error(model: Surrogate, valid: Any, steps: int, trajectories, device, dtype) -> float:
-    from .evaluation import evaluate
-
-    rep = evaluate(model, valid, steps=steps, trajectories=trajectories, device=device, dtype=dtype)
-    return float(rep.rel_l2.sel(step=steps).mean())
+    return rollout_error(model, valid, steps, trajectories, device, dtype)
 
 
 _MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
@@ -277,6 +305,15 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
                          ("lm_windows", lm_windows, 1)):
         if not isinstance(v, int) or v < low:
             raise SurrogateError(f"{name}={v!r} must be an integer >= {low}")
+    for name, v, low in (("num_workers", num_workers, 0), ("seed", seed, 0), ("patience", patience, 1),
+                         ("valid_steps", valid_steps, 1)):
+        if v is None and name in ("patience", "valid_steps"):
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise SurrogateError(f"{name}={v!r} must be an integer >= {low}")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip)
+                             or clip <= 0):
+        raise SurrogateError(f"clip={clip!r} must be a positive number (the largest gradient norm), or None for none")
     for name, v in (("lbfgs_precondition", lbfgs_precondition), ("tune_malloc", tune_malloc)):
         if not isinstance(v, bool):
             raise SurrogateError(f"{name}={v!r} must be true or false")
@@ -320,7 +357,9 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
     options = {"batch_size": batch_size, "unroll": steps_max, "curriculum": curriculum, "loss": loss,
                "noise": float(noise), "lr": float(lr), "schedule": schedule, "clip": clip, "seed": int(seed),
                "dtype": str(dtype), "weight_decay": float(weight_decay), "epochs": epochs, "lbfgs": int(lbfgs),
-               "lm": int(lm)}
+               "lm": int(lm), "model": model.config.to_dict() if model.config is not None else None,
+               "data": _describe(train), "valid": {"source": _name(valid_src), "steps": valid_steps,
+                                                   "trajectories": _ints(valid_trajectories)}}
 
     hist: dict[str, list] = {"loss": [], "valid": [], "lr": [], "unroll": [], "seconds": []}
     best, best_state, start, stale = math.inf, None, 0, 0
@@ -328,10 +367,13 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
     if resume and ckpt is not None and (ckpt / "last.pt").exists():
         state = load_training_state(ckpt / "last.pt", model)
         old = state["options"]
-        diff = [k for k in _RESUME_KEYS if json.dumps(old.get(k)) != json.dumps(options.get(k))]
+        diff = [k for k in _RESUME_KEYS if json.dumps(old.get(k), sort_keys=True) != json.dumps(options.get(k),
+                                                                                                  sort_keys=True)]
         if diff:
-            raise SurrogateError(f"{ckpt / 'last.pt'} was written with other options ({', '.join(diff)}); "
-                                 "resume with the same ones or start a new checkpoint folder")
+            k = diff[0]
+            raise SurrogateError(f"{ckpt / 'last.pt'} was written with other options ({', '.join(diff)}): "
+                                 f"{k} {_differing(old.get(k), options.get(k))}; "
+                                 "resume with the same options or start a new checkpoint folder")
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler"):
             sched.load_state_dict(state["scheduler"])

@@ -314,3 +314,20 @@ def test_resume_counts_the_space_its_work_file_already_holds(tmp_path, monkeypat
         generate(cfg, tmp_path / "fresh.h5")
     generate(cfg, out, resume=True)
     assert validate(out).ok
+
+
+# -- 13. plot needs matplotlib only (the [plot] extra), not dask -----------------------------
+
+def test_plot_works_without_dask(tmp_path):
+    pytest.importorskip("matplotlib")
+    _, path = _ds(tmp_path)
+    blocker = tmp_path / "nodask" / "dask"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('dask is not installed')\n")
+    env = {"PYTHONPATH": str(blocker.parent)}
+    probe = subprocess.run([sys.executable, "-c", "import dask"], capture_output=True, text=True,
+                           env={**os.environ, **env})
+    assert probe.returncode != 0  # the blocker works: dask cannot be imported in the child
+    p = run("plot", path, "--out", tmp_path / "p.png", "--times", "2,0", env=env)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

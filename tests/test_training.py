@@ -41,7 +41,7 @@ def test_stencil_kernels_are_stored_in_grid_units():
     m = ps.build_surrogate(hidden=6, kernel_size=5, init="stencil", spacing=(0.01, 0.01), dt=1e-3)
     conv = m.vector_field.conv1
     assert float(conv.weight.detach().abs().max()) <= 2.0  # the unit-grid Laplacian's centre is -2
-    lap = conv.kernel[3, 0].detach().double().numpy()  # channel 3 holds d^2/dx^2
+    lap = conv.kernel[2, 0].detach().double().numpy()  # channel 2 holds +d^2/dx^2 (sign pairs)
     np.testing.assert_allclose(lap, ps.fd_stencil((2, 0), 5, 2, (0.01, 0.01)), rtol=1e-6)
     assert conv.kernel_scale.dtype == torch.float64
     m.float()

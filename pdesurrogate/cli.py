@@ -15,7 +15,7 @@ from datagen.errors import DatagenError
 from .errors import SurrogateError
 
 EPILOG = """examples:
-  pdesurrogate train data/fisher --out runs/fisher --epochs 20
+  pdesurrogate train data/fisher --out runs/fisher
   pdesurrogate train data/fisher --config run.toml --out runs/fisher --resume
   torchrun --nproc-per-node 2 -m pdesurrogate train data/fisher --config run.toml --out runs/fisher
   pdesurrogate evaluate runs/fisher/model.pt data/fisher --steps 40
@@ -29,12 +29,15 @@ TRAIN_EPILOG = """configuration (TOML; every key optional):
   [model]  any build_surrogate option: hidden = 10, kernel_size = 5, powers = [2], substeps = 3,
            integrator = "euler", init = "stencil", constraint = "moments", ... (dt, spacing,
            boundary and fields come from the data)
-  [fit]    any fit option: epochs = 10, batch_size = 4, curriculum = [1, 2, 3], loss = "mse",
+  [recipe] the default recipe's options: lbfgs = 100, windows = 64, check = 10, lm = 0, margin = 1.25,
+           loss = "mse", valid_steps, seed (pdesurrogate.Recipe)
+  [fit]    any fit option (the adam recipe): epochs = 10, batch_size = 4, curriculum = [1, 2, 3], loss = "mse",
            noise = 1e-3, lr = 1e-3, schedule = "cosine", clip = 1.0, lbfgs = 0, lm = 0, patience = 5,
            ... (lm = N: Levenberg-Marquardt at the end; full grids, best with --float64)
 
-example:
-  pdesurrogate train data/fisher --out runs/fisher --epochs 20"""
+examples:
+  pdesurrogate train data/fisher --out runs/fisher               # the default recipe
+  pdesurrogate train data/fisher --out runs/adam --epochs 20     # Adam"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("data", help="dataset folder written by `datagen generate` (its train split, and valid / test "
                    "when present), or one training file")
-    t.add_argument("--config", help="TOML file with [data], [model] and [fit] tables (see below)")
+    t.add_argument("--recipe", choices=("default", "adam"), help="default: least-squares start from the data, then "
+                   "L-BFGS (float64, CPU); adam: fit's epochs (chosen when --epochs, [fit], --device or --float64 "
+                   "is given)")
+    t.add_argument("--config", help="TOML file with [data], [model] and [recipe] or [fit] tables (see below)")
     t.add_argument("--out", default="runs/surrogate", help="folder for checkpoints and model.pt (default runs/surrogate)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (refused without it)")

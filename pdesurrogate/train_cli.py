@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -42,15 +43,19 @@ def read_config(path: str | None) -> dict[str, dict[str, Any]]:
             raw = tomllib.loads(p.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise SurrogateError(f"--config {path} is not valid TOML ({exc})") from None
-    unknown = set(raw) - {"data", "model", "fit"}
+    unknown = set(raw) - {"data", "model", "fit", "recipe"}
     if unknown:
-        raise SurrogateError(f"--config {path}: unknown table(s) {sorted(unknown)}; use [data], [model], [fit]")
+        raise SurrogateError(f"--config {path}: unknown table(s) {sorted(unknown)}; use [data], [model], [recipe], "
+                             "[fit]")
     model_keys = set(SurrogateConfig.__dataclass_fields__) - set(FROM_DATA)
     fit_keys = set(inspect.signature(fit).parameters) - {"model", "train", "valid", "checkpoint", "resume", "progress",
                                                           "log"}
-    out = {}
+    from .learn import Recipe
+
+    out: dict[str, Any] = {"given": set(raw)}
     for table, allowed, defaults in (("data", set(DATA_KEYS), DATA_KEYS), ("model", model_keys, MODEL_DEFAULTS),
-                                     ("fit", fit_keys, FIT_DEFAULTS)):
+                                     ("fit", fit_keys, FIT_DEFAULTS),
+                                     ("recipe", set(Recipe.__dataclass_fields__), {})):
         given = raw.get(table, {})
         if not isinstance(given, dict):
             raise SurrogateError(f"--config {path}: [{table}] must be a table")
@@ -85,6 +90,13 @@ def train_cmd(a: argparse.Namespace) -> int:
     from .model import build_surrogate
 
     cfg = read_config(a.config)
+    cfg["recipe_name"] = recipe = _recipe_name(a, cfg["given"])
+    if recipe == "default":
+        if a.seed is not None:
+            cfg["recipe"]["seed"] = a.seed
+        from .learn import Recipe
+
+        Recipe.from_dict(cfg["recipe"])  # options checked before any file is touched
     for key in ("epochs", "seed", "device"):
         if getattr(a, key) is not None:
             cfg["fit"][key] = getattr(a, key)
@@ -125,7 +137,7 @@ def train_cmd(a: argparse.Namespace) -> int:
     probe = WindowDataset(train_file, unroll=int(d["unroll"]), stride=int(d["stride"]))
     mcfg = {**cfg["model"], "dt": probe.dt, "spacing": probe.spacing, "boundary": probe.boundary,
             "boundary_value": probe.grid.boundary_value, "fields": len(probe.fields)}
-    model = build_surrogate(**mcfg)
+    model = build_surrogate(**mcfg, dtype=torch.float64 if recipe == "default" else None)
     steps_max = max(cfg["fit"].get("curriculum") or [cfg["fit"].get("unroll") or probe.unroll])
     train = probe
     if d["crop"]:
@@ -150,6 +162,24 @@ def train_cmd(a: argparse.Namespace) -> int:
         if fresh:
             _rmdir_quietly(out)  # refused before any checkpoint: no empty run folder is left behind
         raise
+
+
+def _recipe_name(a: argparse.Namespace, given: set[str]) -> str:
+    """``default`` (data start + L-BFGS, :func:`pdesurrogate.learn`) or ``adam`` (:func:`pdesurrogate.fit`):
+    as asked, else ``adam`` when one of Adam's options (``--epochs``, ``[fit]``, ``--device``,
+    ``--float64``) is given."""
+    adam_options = [name for name, on in (("--epochs", a.epochs is not None), ("[fit]", "fit" in given),
+                                          ("--device", a.device is not None), ("--float64", a.float64)) if on]
+    name = a.recipe or ("adam" if adam_options else "default")
+    if name == "default":
+        if adam_options:
+            raise SurrogateError(f"{adam_options[0]} configures the adam recipe; the default recipe takes a [recipe] "
+                                 "table (it runs on the CPU in float64): pass --recipe adam, or drop it")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SurrogateError("the default recipe runs in one process; use --recipe adam under torchrun")
+    elif "recipe" in given:
+        raise SurrogateError("[recipe] configures the default recipe, not adam: use [fit] for adam")
+    return name
 
 
 RUN_LOCK = ".pdesurrogate.lock"
@@ -179,15 +209,24 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
     from .training import fit
 
     if rank == 0:
-        resolved = {"data": {**d, "path": str(train_file)}, "model": mcfg,
-                    "fit": {k: (str(v) if k == "dtype" else v) for k, v in cfg["fit"].items()}}
+        resolved = {"data": {**d, "path": str(train_file)}, "model": mcfg, "recipe": cfg["recipe_name"]}
+        if cfg["recipe_name"] == "default":
+            resolved["options"] = cfg["recipe"]
+        else:
+            resolved["fit"] = {k: (str(v) if k == "dtype" else v) for k, v in cfg["fit"].items()}
         write_atomic(out / "run.json", json.dumps(resolved, indent=2, default=str) + "\n")
-        print(f"training on {train_file} ({len(train)} windows), "
+        print(f"training on {train_file} ({len(train)} windows, recipe {cfg['recipe_name']}), "
               f"validating on {valid_file or 'nothing'}; checkpoints in {out}", flush=True)
     progress = not a.quiet and sys.stderr.isatty()
     try:
-        hist = fit(model, train, valid_file, checkpoint=out, resume=a.resume, progress=progress, log=not a.quiet,
-                   **cfg["fit"])
+        if cfg["recipe_name"] == "default":
+            from .learn import learn
+
+            hist = learn(model, train, valid_file, cfg["recipe"], checkpoint=out,
+                         log=None if a.quiet else (lambda line: print(line, flush=True)))
+        else:
+            hist = fit(model, train, valid_file, checkpoint=out, resume=a.resume, progress=progress, log=not a.quiet,
+                       **cfg["fit"])
     except SurrogateError:
         # refused before any checkpoint: leave no run folder behind that holds only its description
         if rank == 0 and fresh and {p.name for p in out.iterdir()} <= {"run.json", RUN_LOCK}:
@@ -196,8 +235,12 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
     if rank != 0:
         return 0
     path = save(model, out / "model.pt", provenance=probe.provenance)
-    print(f"wrote {path} (epochs {len(hist.epoch)}, best validation rel_l2 {hist.attrs['best_valid']:.4g}; "
-          f"stopped: {hist.attrs['stopped']})")
+    if cfg["recipe_name"] == "default":
+        print(f"wrote {path} (best validation rel_l2 {hist.attrs['best_valid']:.4g}, "
+              f"{hist.attrs['seconds']:.0f} s)")
+    else:
+        print(f"wrote {path} (epochs {len(hist.epoch)}, best validation rel_l2 {hist.attrs['best_valid']:.4g}; "
+              f"stopped: {hist.attrs['stopped']})")
     if test_file is not None:
         import pandas as pd
 
@@ -211,4 +254,29 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
             print(table.to_string())
             print(f"\nerror split (witness: {split.attrs['witness']}), means over trajectories:")
             print(split[keys].sel(step=hs).mean("trajectory").to_dataframe()[keys].to_string())
+        line = _against_fd(model, probe, test_file, a.steps, float(table.loc[a.steps, "mean"]))
+        if line:
+            print(line)
     return 0
+
+
+def _against_fd(model, data, test_file, steps: int, mine: float) -> str | None:
+    """One line setting ``mine`` (test rel_l2 at ``steps``) beside the finite-difference network of
+    the model's class, built from the data's PDE (None when the data carry none)."""
+    from . import evaluation
+    from .exact import exact_surrogate
+
+    if data.pde is None:
+        return None
+    powers = tuple(sorted(set(model.vector_field.act.powers)))
+    try:
+        fd = exact_surrogate(data.pde, data.grid, model.dt, substeps=model.substeps, integrator=model.integrator,
+                             accuracy=2, powers=powers if powers in ((1,), (2,)) else None, truncate=False,
+                             dtype=next(model.parameters()).dtype)
+    except SurrogateError:
+        return None
+    ref = evaluation.rollout_error(fd, test_file, steps)
+    ratio = ref / mine if mine > 0 else math.inf
+    how = f"{ratio:.3g}x lower" if ratio >= 1 else f"{1 / ratio:.3g}x higher"
+    return (f"\nthe finite-difference network of the same class (built from the PDE, untrained) has rel_l2({steps}) "
+            f"{ref:.4g}; this model {mine:.4g}, {how}")

@@ -23,7 +23,7 @@ import os
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from .evaluation import _device, rollout_error
 from .gauss_newton import lm_polish
 from .model import Surrogate, load_training_state, save
 
-__all__ = ["fit", "window_loss", "malloc_tuned", "LOSSES"]
+__all__ = ["fit", "window_loss", "malloc_tuned", "lbfgs_polish", "LOSSES"]
 
 LOSSES = ("mse", "relative")
 SCHEDULES = (None, "none", "cosine", "plateau")
@@ -458,7 +458,7 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
 
     attrs: dict[str, Any] = {"stopped": stop_reason}
     if lbfgs:
-        attrs.update(_polish(model, train, params, lbfgs, lbfgs_windows, lbfgs_check, lbfgs_precondition,
+        attrs.update(lbfgs_polish(model, train, params, lbfgs, lbfgs_windows, lbfgs_check, lbfgs_precondition,
                              steps_max, loss, seed, dev,
                              valid_src, valid_steps, valid_trajectories, dtype, best_state, best))
         if attrs.get("lbfgs_kept"):
@@ -536,8 +536,11 @@ def _polish_windows(train, n: int, seed: int, dev) -> tuple[list[int], torch.Ten
     return pick, (torch.stack([train[i] for i in mine]).to(dev) if mine else None)
 
 
-def _polish(model, train, params, iterations, n_windows, check, precondition, steps, loss, seed, dev, valid_src,
-            valid_steps, valid_trajectories, dtype, best_state, best) -> dict[str, Any]:
+def lbfgs_polish(model, train, params, iterations, n_windows, check, precondition, steps, loss, seed, dev, valid_src,
+                 valid_steps, valid_trajectories, dtype, best_state, best,
+                 on_check: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
+    """L-BFGS on ``n_windows`` windows of ``train`` (see ``fit(lbfgs=...)``); ``on_check(i, loss, valid)``
+    hears of every validation check."""
     pick, windows = _polish_windows(train, n_windows, seed, dev)
     before = {n: t.detach().clone() for n, t in model.state_dict().items()}
     check = check if valid_src is not None else iterations
@@ -603,9 +606,13 @@ def _polish(model, train, params, iterations, n_windows, check, precondition, st
             to_model()  # the line search may end at a point other than its last evaluation
             v = _valid_error(model, valid_src, valid_steps, valid_trajectories, dev, dtype)
             curve.append(v)
+            loss_now = float(closure()) * scale[0]
+            to_model()
+            if on_check is not None:
+                on_check(done + opt.param_groups[0]["max_iter"], loss_now, v)
             if math.isfinite(v) and v < v_best:
                 v_best, state = v, {n: t.detach().clone() for n, t in model.state_dict().items()}
-                out["lbfgs_loss_after"] = float(closure()) * scale[0]
+                out["lbfgs_loss_after"] = loss_now
         keep = state is not None and v_best <= best
         model.load_state_dict(state if keep else best_state if best_state is not None else before)
         out.update({"lbfgs_valid": v_best, "lbfgs_kept": int(keep), "lbfgs_valid_curve": json.dumps(curve)})

@@ -11,6 +11,7 @@ from .evaluation import (default_witness, error_split, evaluate, lipschitz_estim
                          witness_in_class)
 from .exact import embed, exact_channels, exact_surrogate
 from .gauss_newton import step_jacobian
+from .identify import Identified, identify
 from .integrators import INTEGRATORS
 from .learn import Recipe, data_start, learn, train
 from .model import Surrogate, SurrogateConfig, build_surrogate, load, save
@@ -27,6 +28,6 @@ __all__ = [
     "load", "save", "KEY_MAP", "load_published", "published_config", "BoundaryPad", "StencilConv2d",
     "ConvVectorField", "evaluate", "summarize", "error_split", "default_witness", "witness_in_class",
     "lipschitz_estimate", "rollout_error", "step_jacobian", "Recipe", "data_start", "learn",
-    "train", "WindowDataset", "receptive_halo", "fit", "window_loss", "malloc_tuned",
+    "train", "identify", "Identified", "WindowDataset", "receptive_halo", "fit", "window_loss", "malloc_tuned",
     "__version__",
 ]

@@ -1,4 +1,4 @@
-"""``pdesurrogate`` command line: ``train | evaluate | split``, thin wrappers over the API.
+"""``pdesurrogate`` command line: ``train | evaluate | split | identify``, thin wrappers over the API.
 
 Every failure caused by the input prints one line ``pdesurrogate: error: ...`` and exits with 2.
 """
@@ -20,7 +20,8 @@ EPILOG = """examples:
   torchrun --nproc-per-node 2 -m pdesurrogate train data/fisher --config run.toml --out runs/fisher
   pdesurrogate evaluate runs/fisher/model.pt data/fisher --steps 40
   pdesurrogate evaluate FisherNoNoise.pt data/fisher --published --out report.nc --plots plots/
-  pdesurrogate split runs/fisher/model.pt data/fisher --split train --steps 40 --plots plots/"""
+  pdesurrogate split runs/fisher/model.pt data/fisher --split train --steps 40 --plots plots/
+  pdesurrogate identify runs/fisher data/fisher"""
 
 
 TRAIN_EPILOG = """configuration (TOML; every key optional):
@@ -78,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(s)
     s.add_argument("--no-lipschitz", action="store_true", help="skip the Lipschitz estimate and the bound")
+    i = sub.add_parser("identify", help="read a trained vector field as a PDE (sparse polynomial fit on DATA's frames)",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    i.add_argument("model", help="checkpoint (a run's model.pt) or a run folder")
+    i.add_argument("data", help="datagen dataset folder (or one of its files): the probe states")
+    i.add_argument("--split", default="train", help="split of a dataset folder to probe on (default train)")
+    i.add_argument("--degree", type=int, help="highest degree of a term (default: the largest activation power, >= 2)")
+    i.add_argument("--threshold", type=float, default=1e-3,
+                   help="drop terms below this share of the field's RMS (default 1e-3)")
     t = sub.add_parser("train", help="train a surrogate on DATA's train split, validate on valid, score test",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("data", help="dataset folder written by `datagen generate` (its train split, and valid / test "
@@ -176,6 +185,19 @@ def cmd(a: argparse.Namespace) -> int:
     return 0
 
 
+def identify_cmd(a: argparse.Namespace) -> int:
+    """Run ``pdesurrogate identify`` and print the learned equation beside the data's."""
+    import torch
+
+    from .identify import identify
+    from .model import load
+
+    path = Path(a.model)
+    model = load(path / "model.pt" if path.is_dir() else path, dtype=torch.float64)
+    print(identify(model, a.data, degree=a.degree, threshold=a.threshold, split=a.split))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pdesurrogate`` console script."""
     try:
@@ -184,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .train_cli import train_cmd
 
             return train_cmd(a)
+        if a.cmd == "identify":
+            return identify_cmd(a)
         return cmd(a)
     except (SurrogateError, DatagenError) as exc:
         print(f"pdesurrogate: error: {exc}", file=sys.stderr)

@@ -257,6 +257,10 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
         line = _against_fd(model, probe, test_file, a.steps, float(table.loc[a.steps, "mean"]))
         if line:
             print(line)
+    from .identify import identify
+
+    print(f"\nwhat the network learned, read as a PDE on {train_file.name} (pdesurrogate identify):")
+    print(identify(model, probe))
     return 0
 
 

@@ -143,6 +143,9 @@ def test_cli_trains_by_the_default_recipe_and_compares_with_the_fd_network(folde
     assert p.returncode == 0, p.stderr
     assert "recipe default" in p.stdout and "L-BFGS 20/20" in p.stdout
     assert "finite-difference network of the same class" in p.stdout and "x lower" in p.stdout
+    assert "learned: u_t = " in p.stdout and "data:    u_t = 0.01*(u_xx + u_yy) + u - u^2" in p.stdout
+    q = _cli("identify", tmp_path / "run", folder)
+    assert q.returncode == 0 and q.stdout.startswith("learned: u_t = "), q.stderr
     m = ps.load(tmp_path / "run" / "model.pt", dtype=torch.float64)
     assert m.info["trained"]["recipe"] == "default"
     _one_line(_cli("train", folder, "--out", tmp_path / "r2", "--recipe", "default", "--epochs", "2"),

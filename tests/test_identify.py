@@ -1,0 +1,70 @@
+"""``identify`` reads a network's field as a PDE: exact networks give their PDE's coefficients
+back to round-off, with nothing else."""
+
+import numpy as np
+import pytest
+import torch
+
+import pdesurrogate as ps
+from datagen import Grid, catalogue, parse_pde
+
+N = 24
+
+
+def _probes(fields, n=12, seed=0, amplitude=1.0, offset=0.0):
+    """Smooth periodic states: a few Fourier modes each."""
+    g = np.random.default_rng(seed)
+    x = np.arange(N) / N * 2 * np.pi
+    out = np.zeros((n, fields, N, N))
+    for i in range(n):
+        for f in range(fields):
+            for _ in range(4):
+                k, l = g.integers(0, 4, 2)
+                a, p, q = g.random(3)
+                out[i, f] += amplitude * (a - 0.5) * np.sin(k * x[:, None] + 2 * np.pi * p) * np.cos(
+                    l * x[None, :] + 2 * np.pi * q)
+            out[i, f] += offset
+    return torch.as_tensor(out)
+
+
+def _coefficients(pde):
+    return {(c, tuple(sorted(t.factors))): t.coeff for c, terms in enumerate(pde.rhs) for t in terms}
+
+
+def _merged(pde):
+    out = {}
+    for k, v in _coefficients(pde).items():
+        out[k] = out.get(k, 0.0) + v
+    return out
+
+
+BRUSSELATOR = parse_pde("u_t = Du*(u_xx + u_yy) + A - (B + 1)*u + u**2*v; v_t = Dv*(v_xx + v_yy) + B*u - u**2*v",
+                        params={"Du": 0.002, "Dv": 0.001, "A": 1.0, "B": 3.0}, name="brusselator")
+
+
+@pytest.mark.parametrize("pde, offset", [(catalogue.fisher(), 0.3), (catalogue.allen_cahn(), 0.0),
+                                         (catalogue.gray_scott(), 0.5), (BRUSSELATOR, 1.0)])
+def test_identify_returns_an_exact_networks_pde(pde, offset):
+    grid = Grid((N, N), extent=(1.0, 1.0))
+    net = ps.exact_surrogate(pde, grid, 1e-3, accuracy=2, dtype=torch.float64)
+    found = ps.identify(net, _probes(pde.n_fields, offset=offset), spacing=grid.spacing)
+    want, got = _merged(pde), _merged(found.pde)
+    assert set(got) == set(want), (sorted(set(got) ^ set(want)))
+    for k, v in want.items():
+        assert abs(got[k] - v) <= 1e-8 * max(1.0, abs(v)), (k, got[k], v)
+    # the residual comes from the normal equations: its floor is sqrt(machine epsilon)
+    assert max(found.residual.values()) < 1e-6
+
+
+def test_identify_prints_the_equation_beside_the_datas_and_refuses_bad_options():
+    grid = Grid((N, N), extent=(1.0, 1.0))
+    net = ps.exact_surrogate(catalogue.fisher(), grid, 1e-3, powers=(2,), dtype=torch.float64)
+    found = ps.identify(net, _probes(1, offset=0.3), spacing=grid.spacing)
+    assert found.text().startswith("u_t = ") and "u^2" in found.text()
+    assert "learned: u_t" in str(found)
+    with pytest.raises(ps.SurrogateError, match="threshold"):
+        ps.identify(net, _probes(1), spacing=grid.spacing, threshold=2.0)
+    with pytest.raises(ps.SurrogateError, match="degree"):
+        ps.identify(net, _probes(1), spacing=grid.spacing, degree=9)
+    with pytest.raises(ps.SurrogateError, match=r"must be \(n, fields, x, y\)"):
+        ps.identify(net, _probes(1)[0], spacing=grid.spacing)

@@ -68,8 +68,8 @@ class WindowDataset(torch.utils.data.Dataset):
         from .evaluation import _source
 
         src = _source(path, split)
-        if src.path is None or src.provenance is None:
-            raise SurrogateError(f"{path}: WindowDataset reads datagen HDF5 files")
+        if src.path is None or src.grid is None or src.dt is None:
+            raise SurrogateError(f"{path}: WindowDataset reads HDF5 files in The Well's layout")
         for name, v in (("unroll", unroll), ("stride", stride)):
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise SurrogateError(f"{name}={v!r} must be a positive integer")

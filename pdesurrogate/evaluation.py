@@ -63,6 +63,7 @@ class _Source:
     array: np.ndarray | None = None
     path: Path | None = None
     fields: tuple[str, ...] = ()
+    layout_grid: Grid | None = None  # from The Well's /dimensions when the file has no provenance
 
     @property
     def pde(self) -> PDE | None:
@@ -70,7 +71,7 @@ class _Source:
 
     @property
     def grid(self) -> Grid | None:
-        return Grid.from_dict(self.provenance["config"]["grid"]) if self.provenance else None
+        return Grid.from_dict(self.provenance["config"]["grid"]) if self.provenance else self.layout_grid
 
     def read(self, idx: np.ndarray, steps: int) -> np.ndarray:
         """Float64 ``(b, steps + 1, field, x, y)`` for trajectories ``idx``, extended by the solver."""
@@ -117,6 +118,8 @@ def _source(data: Any, split: str | None = None) -> _Source:
             path = dataset_file(data, split if Path(data).is_dir() else None)
         except DatagenError as exc:
             raise SurrogateError(str(exc)) from None
+        if not _has_provenance(path):
+            return _well_source(path)
         try:
             prov = read_provenance(path)
             cfg, pde = prov["config"], PDE.from_dict(prov["pde"])
@@ -151,6 +154,28 @@ def _source(data: Any, split: str | None = None) -> _Source:
     if arr.ndim != 5:
         raise SurrogateError(f"reference array of shape {arr.shape} must be (trajectory, time, field, x, y)")
     return _Source("array", arr.shape[0], arr.shape[1], arr.shape[2], arr.shape[3:], None, None, array=arr)
+
+
+def _has_provenance(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "provenance" in f.attrs
+    except OSError:
+        raise SurrogateError(f"{path} is not a readable HDF5 file (corrupt, truncated or another format)") from None
+
+
+def _well_source(path: Path) -> _Source:
+    """A Well-format file without datagen's provenance: its frames, step, grid and boundary."""
+    import h5py
+
+    from .wellfiles import read_layout
+
+    with h5py.File(path, "r") as f:
+        lay = read_layout(f, path)
+    return _Source(str(path), lay.n_traj, lay.n_time, len(lay.fields), lay.grid.shape, lay.dt, None, path=path,
+                   fields=lay.fields, layout_grid=lay.grid)
 
 
 def _model_fields(model: Surrogate) -> int | None:

@@ -155,3 +155,59 @@ def test_cli_trains_by_the_default_recipe_and_compares_with_the_fd_network(folde
     cfg.write_text("[recipe]\nmargin = 0.5\n")
     _one_line(_cli("train", folder, "--out", tmp_path / "r2", "--config", cfg), "margin=0.5")
     assert not (tmp_path / "r2").exists()
+
+
+def _strip(src, dst):
+    """A copy of dataset folder ``src`` whose files hold The Well's layout only (no provenance,
+    no datagen attributes): what another solver would write."""
+    import shutil
+
+    import h5py
+
+    for f in sorted(Path(src).glob("data/*/*.hdf5")):
+        out = Path(dst) / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, out)
+        with h5py.File(out, "r+") as h:
+            for key in [k for k in h.attrs if k == "provenance" or k.startswith("datagen")]:
+                del h.attrs[key]
+    return Path(dst)
+
+
+def test_plain_well_files_train_to_the_same_weights_as_with_provenance(folder, tmp_path):
+    plain = _strip(folder, tmp_path / "plain")
+    ds = ps.WindowDataset(plain)
+    assert ds.pde is None and ds.provenance is None
+    assert ds.dt == DT and ds.spacing == (1 / 32, 1 / 32) and ds.boundary == "periodic"
+    opts = {"lbfgs": 10, "windows": 8, "check": 5}
+    a, ha = ps.train(folder, opts, log=None)
+    b, hb = ps.train(plain, opts, log=None)
+    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), n
+    # evaluation works against the stored frames, and says so beyond them
+    test = plain / "data" / "test" / "fisher.hdf5"
+    assert ps.rollout_error(b, test, 10) == ps.rollout_error(a, folder / "data" / "test" / "fisher.hdf5", 10)
+    with pytest.raises(ps.SurrogateError, match="no provenance to extend it"):
+        ps.rollout_error(b, test, 11)
+    p = _cli("train", plain, "--out", tmp_path / "run", "--steps", "10", "--config", _toml(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert "relative L2 error" in p.stdout and "learned: u_t" in p.stdout and "\ndata:    u_t" not in p.stdout
+
+
+def _toml(tmp_path):
+    cfg = tmp_path / "quick.toml"
+    cfg.write_text("[recipe]\nlbfgs = 5\nwindows = 4\n")
+    return cfg
+
+
+def test_a_well_file_with_a_boundary_no_surrogate_pads_is_refused_in_one_line(folder, tmp_path):
+    import h5py
+
+    plain = _strip(folder, tmp_path / "plain")
+    f = plain / "data" / "train" / "fisher.hdf5"
+    with h5py.File(f, "r+") as h:
+        for g in h["boundary_conditions"].values():
+            g.attrs["bc_type"] = "OPEN"
+    with pytest.raises(ps.SurrogateError, match="boundary 'open'"):
+        ps.WindowDataset(f)
+    _one_line(_cli("train", plain, "--out", tmp_path / "r"), "boundary 'open'")

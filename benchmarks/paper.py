@@ -176,8 +176,9 @@ def main() -> None:
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{a.test} test trajectories, means; training on {where}, torch {torch.__version__}")
     print(table(rows, cols))
-    out = write_json("paper", {"machine": machine(), "device": where, "torch": torch.__version__, "args": vars(a),
-                               "rows": rows})
+    name = f"paper-default-{a.data_seed}-{a.seed}" if a.default_only else "paper"
+    out = write_json(name, {"machine": machine(), "device": where, "torch": torch.__version__, "args": vars(a),
+                            "rows": rows})
     print(f"wrote {out}")
 
 

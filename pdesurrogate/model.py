@@ -392,7 +392,8 @@ def load_training_state(path: str | os.PathLike, model: Surrogate) -> dict[str, 
 
 def load(path: str | os.PathLike, integrator: str | None = None, substeps: int | None = None,
          dtype: torch.dtype | None = None) -> Surrogate:
-    """Read a checkpoint written by :func:`save`; optionally switch integrator or substeps."""
+    """Read a checkpoint written by :func:`save`, in the dtype its weights were saved in unless
+    ``dtype`` asks for another; optionally switch integrator or substeps."""
     path = Path(path)
     payload = read_tensors(path, "checkpoint (corrupt, or not written by pdesurrogate.save)")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -414,6 +415,9 @@ def load(path: str | os.PathLike, integrator: str | None = None, substeps: int |
     for name, buf in model.state_dict().items():
         if name.endswith(("kernel_scale", "bias_scale")) and name not in sd:  # written before kernels were in grid units
             sd[name] = torch.ones_like(buf)
+    if dtype is None:  # the checkpoint's own precision: a float64 model cast to float32 loses accuracy
+        saved = [sd[n].dtype for n, _ in model.named_parameters() if n in sd and sd[n].is_floating_point()]
+        dtype = saved[0] if saved else None
     if dtype is not None:
         model = model.to(dtype)
     try:

@@ -211,3 +211,15 @@ def test_a_well_file_with_a_boundary_no_surrogate_pads_is_refused_in_one_line(fo
     with pytest.raises(ps.SurrogateError, match="boundary 'open'"):
         ps.WindowDataset(f)
     _one_line(_cli("train", plain, "--out", tmp_path / "r"), "boundary 'open'")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_load_keeps_the_checkpoints_precision_unless_asked(dtype, tmp_path):
+    m = ps.build_surrogate(hidden=4, kernel_size=3, init="stencil", dt=DT, dtype=dtype)
+    with torch.no_grad():
+        m.vector_field.conv2.weight.normal_(generator=torch.Generator().manual_seed(0))
+    back = ps.load(ps.save(m, tmp_path / "m.pt"))
+    assert next(back.parameters()).dtype == dtype
+    u = torch.rand(2, 1, 8, 8, dtype=dtype)
+    assert torch.equal(back(u), m(u))
+    assert next(ps.load(tmp_path / "m.pt", dtype=torch.float32).parameters()).dtype == torch.float32

@@ -30,7 +30,7 @@ TRAIN_EPILOG = """configuration (TOML; every key optional):
   [model]  any build_surrogate option: hidden = 10, kernel_size = 5, powers = [2], substeps = 3,
            integrator = "euler", init = "stencil", constraint = "moments", ... (dt, spacing,
            boundary and fields come from the data)
-  [recipe] the default recipe's options: lbfgs = 100, windows = 64, check = 10, lm = 0, margin = 1.25,
+  [recipe] the default recipe's options: lbfgs = 200, windows = 64, check = 10, lm = 0, margin = 1.25,
            loss = "mse", valid_steps, seed (pdesurrogate.Recipe)
   [fit]    any fit option (the adam recipe): epochs = 10, batch_size = 4, curriculum = [1, 2, 3], loss = "mse",
            noise = 1e-3, lr = 1e-3, schedule = "cosine", clip = 1.0, lbfgs = 0, lm = 0, patience = 5,

@@ -66,7 +66,7 @@ class Recipe:
     """
 
     margin: float = 1.25
-    lbfgs: int = 100
+    lbfgs: int = 200
     windows: int = 64
     check: int = 10
     lm: int = 0

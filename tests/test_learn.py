@@ -223,3 +223,16 @@ def test_load_keeps_the_checkpoints_precision_unless_asked(dtype, tmp_path):
     u = torch.rand(2, 1, 8, 8, dtype=dtype)
     assert torch.equal(back(u), m(u))
     assert next(ps.load(tmp_path / "m.pt", dtype=torch.float32).parameters()).dtype == torch.float32
+
+
+def test_a_blown_up_validation_rollout_is_reported_and_the_start_kept(folder, monkeypatch):
+    import pdesurrogate.training as training
+
+    start, _ = ps.train(folder, {"lbfgs": 0}, log=None)
+    monkeypatch.setattr(training, "_valid_error", lambda *a, **k: float("nan"))  # every check "blows up"
+    lines = []
+    model, hist = ps.train(folder, {"lbfgs": 10, "windows": 4, "check": 5}, log=lines.append)
+    assert sum("blew up" in line for line in lines) == 1 and "L-BFGS iteration 5" in lines[-1], lines
+    assert hist.attrs["blew_up"] == "L-BFGS iteration 5"
+    for (n, x), (_, y) in zip(model.state_dict().items(), start.state_dict().items()):
+        assert torch.equal(x, y), n  # the best validated state is the start

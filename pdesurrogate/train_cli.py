@@ -255,6 +255,11 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
                 split = evaluation.error_split(model, test_file, steps=a.steps)
                 print(f"\nerror split (witness: {split.attrs['witness']}), means over trajectories:")
                 print(split[keys].sel(step=hs).mean("trajectory").to_dataframe()[keys].to_string())
+                means = split[["total", "approximation"]].sel(step=a.steps).mean("trajectory")
+                if float(means["total"]) < float(means["approximation"]):
+                    print(f"training found a better member of the class than the witness: the class's best is at "
+                          f"most {float(means['total']):.4g} at step {a.steps}; here 'approximation' is the witness's "
+                          "own error and 'optimisation' the distance to it")
         line = _against_fd(model, probe, test_file, a.steps, float(table.loc[a.steps, "mean"]))
         if line:
             print(line)

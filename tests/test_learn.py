@@ -144,6 +144,10 @@ def test_cli_trains_by_the_default_recipe_and_compares_with_the_fd_network(folde
     assert "recipe default" in p.stdout and "L-BFGS 20/20" in p.stdout
     assert "finite-difference network of the same class" in p.stdout and "x lower" in p.stdout
     assert "learned: u_t = " in p.stdout and "data:    u_t = 0.01*(u_xx + u_yy) + u - u^2" in p.stdout
+    total = float(p.stdout.split("\n10 ")[-1].split()[0])  # the split table's row at step 10: total first
+    beats = "training found a better member of the class than the witness" in p.stdout
+    witness = float(p.stdout.split("\n10 ")[-1].split()[1])
+    assert beats == (total < witness), p.stdout
     q = _cli("identify", tmp_path / "run", folder)
     assert q.returncode == 0 and q.stdout.startswith("learned: u_t = "), q.stderr
     m = ps.load(tmp_path / "run" / "model.pt", dtype=torch.float64)

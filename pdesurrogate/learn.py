@@ -190,19 +190,18 @@ def _least_squares_start(model: Surrogate, u0: torch.Tensor, target: torch.Tenso
     return {f"field {f}": float((resid[f] / btb[f].clamp(min=1e-300)).sqrt()) for f in range(Fo)}
 
 
+def _with_unroll(train: WindowDataset, unroll: int) -> WindowDataset:
+    """``train``'s trajectories cut into windows of ``unroll`` steps."""
+    if train.unroll == unroll:
+        return train
+    return WindowDataset(train.path, unroll=unroll, stride=train.stride, fields=train.fields,
+                         trajectories=train.trajectories)
+
+
 def _frames(train: WindowDataset, k: int, seed: int) -> torch.Tensor:
     """``k`` windows of three frames (two when the data hold one step), seeded."""
-    ds = train
-    if train.n_time >= 3 and train.unroll != 2:
-        ds = WindowDataset(train.path, unroll=2, stride=train.stride, fields=train.fields,
-                           trajectories=train.trajectories)
+    ds = _with_unroll(train, 2) if train.n_time >= 3 else train
     return torch.stack([torch.as_tensor(ds.window(i)[:3]) for i in _draw(len(ds), k, seed, 1)]).to(torch.float64)
-
-
-def _windows(path: Path, train: WindowDataset, unroll: int, k: int, seed: int, stream: int) -> list[torch.Tensor]:
-    ds = train if unroll == train.unroll else WindowDataset(path, unroll=unroll, stride=train.stride,
-                                                            fields=train.fields, trajectories=train.trajectories)
-    return [torch.as_tensor(ds.window(i), dtype=torch.float64) for i in _draw(len(ds), k, seed, stream)]
 
 
 def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any = None,
@@ -279,8 +278,7 @@ def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any
         return hear
 
     if rc.lbfgs:
-        one = train if train.unroll == 1 else WindowDataset(train.path, unroll=1, stride=train.stride,
-                                                            fields=train.fields, trajectories=train.trajectories)
+        one = _with_unroll(train, 1)
         one.dtype = torch.float64
         out = lbfgs_polish(model, one, params, rc.lbfgs, rc.windows, rc.check, False, 1, rc.loss, rc.seed,
                            torch.device("cpu"), valid, valid_steps, None, torch.float64, None,
@@ -290,7 +288,8 @@ def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any
         if ckpt is not None:
             save(model, ckpt / "best.pt", provenance=train.provenance)
     if rc.lm:
-        wins = _windows(train.path, train, 1, rc.lm_windows, rc.seed, 2)
+        one = _with_unroll(train, 1)
+        wins = [torch.as_tensor(one.window(i), dtype=torch.float64) for i in _draw(len(one), rc.lm_windows, rc.seed, 2)]
         norm = len(wins) * (wins[0][0].numel() if rc.loss == "mse" else 1)
         out = lm_polish(model, wins, norm, params, rc.lm, 1, rc.loss, score, best, lambda t: t,
                         on_iteration=record("Levenberg-Marquardt", rc.lm))

@@ -14,8 +14,7 @@ from .parse import parse_pde
 from .pde import PDE, Derivative, Term
 from .semidiscrete import SemiDiscrete
 from .store import dataset_file, open_dataset, read_provenance, validate
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "catalogue", "DatagenError", "GenerationConfig", "generate", "generate_splits", "Grid", "make_sampler",

@@ -62,7 +62,7 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = _Parser(prog="datagen", description="Method-of-lines datasets for reaction-diffusion PDEs.", epilog=EPILOG)
-    from . import __version__
+    from .version import __version__
 
     p.add_argument("--version", action="version", version=f"datagen {__version__}")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)

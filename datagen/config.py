@@ -13,14 +13,15 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import catalogue
+from .build import build
 from .errors import DatagenError
 from .grid import Grid
 from .limits import MAX_STEPS, MAX_SUBSTEPS, MAX_TRAJECTORIES
+from .metadata import COMPRESSIONS
 from .initial import make_sampler
 from .integrators import RK4, reaction_rate
 from .pde import PDE
 from .semidiscrete import SemiDiscrete
-from .store import COMPRESSIONS
 
 __all__ = ["GenerationConfig", "check_split_name", "trajectory_rng"]
 
@@ -212,11 +213,9 @@ class GenerationConfig:
             tolerance=tolerance, scenario=self.scenario,
         )
         _check_stepper_memory(pde.n_fields, grid)
-        from .solver import _build
-
         try:
             with np.errstate(over="raise", invalid="raise"):
-                stepper = _build(json.dumps(cfg.to_dict(), sort_keys=True))[2]
+                stepper = build(json.dumps(cfg.to_dict(), sort_keys=True))[2]
         except FloatingPointError:
             raise DatagenError(f"dt={dt:.3g} with {substeps} substep(s) overflows the {integrator} solver's "
                                "coefficients; choose a smaller --dt or more --substeps") from None

@@ -42,7 +42,7 @@ def _versions() -> dict[str, str]:
     import h5py
     import scipy
 
-    from . import __version__
+    from .version import __version__
 
     return {"datagen": __version__, "numpy": np.__version__, "scipy": scipy.__version__, "h5py": h5py.__version__,
             "ducc0": ducc0.__version__}

@@ -19,6 +19,8 @@ import numpy as np
 from .errors import DatagenError
 from .limits import MAX_STEPS, MAX_TRAJECTORIES
 
+COMPRESSIONS = ("none", "gzip", "lzf")  # HDF5 filters every h5py build has
+
 __all__ = ["DatasetMetadata"]
 
 

@@ -10,26 +10,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import catalogue
+from .build import build as _build
 from .config import GenerationConfig, trajectory_rng
 from .errors import DatagenError
 from .grid import Grid
-from .initial import make_sampler
 from .integrators import make_integrator
-from .pde import PDE
-from .semidiscrete import SemiDiscrete
 
 __all__ = ["solve", "solve_batch", "MAX_REFINE"]
-
-
-@lru_cache(maxsize=8)
-def _build(cfg_json: str):
-    cfg = json.loads(cfg_json)
-    pde = PDE.from_dict(cfg["spec"]) if cfg.get("spec") else catalogue.make_pde(cfg["pde"], cfg["params"])
-    grid = Grid.from_dict(cfg["grid"])
-    sd = SemiDiscrete(pde, grid, accuracy=cfg["accuracy"] or 2, method=cfg["method"], backend=cfg["backend"])
-    stepper = make_integrator(cfg["integrator"], sd, cfg["dt"], cfg["substeps"], rtol=cfg["rtol"], atol=cfg["atol"])
-    return pde, grid, stepper, make_sampler(cfg["initial"])
 
 
 def solve_batch(cfg_json: str, start: int, stop: int, with_errors: bool = False,

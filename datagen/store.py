@@ -34,14 +34,13 @@ import numpy as np
 from .errors import DatagenError
 from .limits import loads_bounded
 from .safeio import atomic_path, write_atomic
-from .metadata import DatasetMetadata
+from .metadata import COMPRESSIONS, DatasetMetadata
 
 __all__ = ["write_dataset", "create_layout", "write_frames", "read_provenance", "open_dataset", "validate",
            "ValidationReport", "FORMAT_VERSION", "dataset_file", "dataset_files", "split_path", "write_stats",
            "read_stats", "compute_stats"]
 
 FORMAT_VERSION = 1
-COMPRESSIONS = ("none", "gzip", "lzf")
 
 
 def _h5():
@@ -696,7 +695,7 @@ def _validate_open(f, path, rep: ValidationReport, stationary_tol: float, bound_
 def _deep_check(f, prov: dict, names: list[str], n: int, samples: int, seed: int | None,
                 rep: "ValidationReport") -> None:
     """Regenerate ``samples`` random trajectories and compare them byte for byte."""
-    from .generate import solve_batch
+    from .solver import solve_batch
 
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(n, size=min(int(samples), n), replace=False).tolist())

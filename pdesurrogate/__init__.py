@@ -7,20 +7,23 @@ from .activations import PowerReLU, signed_power
 from .data import WindowDataset, receptive_halo
 from .diagnostics import effective_stencil, fd_stencil, stencil_distance
 from .errors import SurrogateError
-from .evaluation import (default_witness, error_split, evaluate, lipschitz_estimate, rollout_error, summarize,
-                         witness_in_class)
+from .evaluation import evaluate, rollout_error, summarize
 from .exact import embed, exact_channels, exact_surrogate
 from .gauss_newton import step_jacobian
 from .identify import Identified, identify
 from .integrators import INTEGRATORS
 from .learn import Recipe, data_start, learn, train
+from .lipschitz import lipschitz_estimate
+from .membership import witness_in_class
 from .model import Surrogate, SurrogateConfig, build_surrogate, load, save
 from .published import KEY_MAP, load_published, published_config
+from .split import error_split
 from .stencil_conv import BoundaryPad, StencilConv2d
 from .training import fit, malloc_tuned, window_loss
 from .vector_field import ConvVectorField
+from .version import __version__
+from .witness import default_witness
 
-__version__ = "0.1.0"
 
 __all__ = [
     "PowerReLU", "signed_power", "effective_stencil", "fd_stencil", "stencil_distance", "SurrogateError",

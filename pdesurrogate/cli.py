@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = _Parser(prog="pdesurrogate", description="Evaluate surrogates of PDE time steps against their reference.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__
+    from .version import __version__
 
     p.add_argument("--version", action="version", version=f"pdesurrogate {__version__}")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
@@ -148,6 +148,7 @@ def cmd(a: argparse.Namespace) -> int:
     import torch
 
     from . import evaluation
+    from . import split as split_mod
 
     model = _load(a)
     traj = range(a.trajectories) if a.trajectories else None
@@ -159,7 +160,7 @@ def cmd(a: argparse.Namespace) -> int:
         report = evaluation.evaluate(model, a.data, **common)
         table = evaluation.summarize(report, hs)
     else:
-        report = evaluation.error_split(model, a.data, lipschitz=not a.no_lipschitz, **common)
+        report = split_mod.error_split(model, a.data, lipschitz=not a.no_lipschitz, **common)
         keys = [k for k in ("total", "approximation", "optimisation", "local_total", "stability_bound", "lipschitz")
                 if k in report]
         table = report[keys].sel(step=hs).mean("trajectory").to_dataframe()[keys]

@@ -65,7 +65,7 @@ class WindowDataset(torch.utils.data.Dataset):
                  in_memory: bool | str = "auto", dtype: torch.dtype = torch.float32,
                  trajectories: Sequence[int] | None = None, crop: int | None = None, halo: int = 0,
                  seed: int = 0, split: str = "train") -> None:
-        from .evaluation import _source
+        from .source import open_source as _source
 
         src = _source(path, split)
         if src.path is None or src.grid is None or src.dt is None:

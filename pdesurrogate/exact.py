@@ -359,7 +359,7 @@ def embed(witness: Surrogate, into: Surrogate) -> Surrogate:
     in ``into``'s class with its channels' powers in the same order (see
     :func:`pdesurrogate.witness_in_class`).
     """
-    from .evaluation import witness_in_class
+    from .membership import witness_in_class
 
     ok, why = witness_in_class(witness, into)
     if not ok:

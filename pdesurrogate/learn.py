@@ -246,7 +246,7 @@ def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any
     model.to(device="cpu", dtype=torch.float64)
     valid_steps = rc.valid_steps
     if valid is not None and valid_steps is None:
-        from .evaluation import _source
+        from .source import open_source as _source
 
         valid_steps = _source(valid).n_time - 1
 

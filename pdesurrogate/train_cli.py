@@ -205,6 +205,7 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
            mcfg) -> int:
     """The training itself, the final weights and the test report (rank 0 writes and prints)."""
     from . import evaluation
+    from . import split as split_mod
     from .model import save
     from .training import fit
 
@@ -252,7 +253,7 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
             print(f"\nrelative L2 error on {test_file} (over {rep.sizes['trajectory']} trajectories):")
             print(table.to_string())
             if probe.pde is not None:  # the split needs the PDE for its witness
-                split = evaluation.error_split(model, test_file, steps=a.steps)
+                split = split_mod.error_split(model, test_file, steps=a.steps)
                 print(f"\nerror split (witness: {split.attrs['witness']}), means over trajectories:")
                 print(split[keys].sel(step=hs).mean("trajectory").to_dataframe()[keys].to_string())
                 means = split[["total", "approximation"]].sel(step=a.steps).mean("trajectory")

@@ -30,7 +30,8 @@ import torch
 
 from .data import WindowDataset, receptive_halo
 from .errors import SurrogateError
-from .evaluation import _device, rollout_error
+from .devices import resolve_device as _device
+from .evaluation import rollout_error
 from .gauss_newton import lm_polish
 from .model import Surrogate, load_training_state, save
 
@@ -344,11 +345,11 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
     else:
         sched = None
     if isinstance(valid, (str, os.PathLike)) and Path(valid).is_dir():
-        from .evaluation import _source
+        from .source import open_source as _source
 
         valid = _source(valid, "valid").path  # a dataset folder: its valid split
     if valid is not None and valid_steps is None:
-        from .evaluation import _source
+        from .source import open_source as _source
 
         valid_steps = _source(valid.path if isinstance(valid, WindowDataset) else valid).n_time - 1
     valid_src = valid.path if isinstance(valid, WindowDataset) else valid

@@ -1,0 +1,133 @@
+"""The approximation / optimisation split of a rollout error against a witness of the class."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .batching import attrs as _attrs, batches as _batches, cast as _cast, coords as _coords, norm as _norm
+from .batching import prepare as _prepare, progress_bar as _progress
+from .errors import SurrogateError
+from .lipschitz import TRACK, _no_param_grads, _power, _track
+from .membership import witness_in_class
+from .model import Surrogate
+from .source import check_memory as _check_memory
+from .witness import default_witness
+
+__all__ = ["error_split", "SPLIT_VARS"]
+
+
+SPLIT_VARS = ("total", "approximation", "optimisation", "local_total", "local_approximation", "local_optimisation")
+
+
+def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate | None = None,
+                lipschitz: bool | int = True, trajectories: Sequence[int] | None = None, batch_size: int = 32,
+                device: str | torch.device = "auto", dtype: torch.dtype | None = None, seed: int = 0,
+                progress: bool = False, split: str = "test"):
+    """Split a surrogate's rollout error into approximation and optimisation parts.
+
+    Args:
+        model: the (trained) surrogate N.
+        data: as for :func:`evaluate`; a file or dataset with provenance when ``witness`` is None.
+        steps: horizon.
+        witness: a member E of N's class to compare against (default: :func:`default_witness`,
+            the modified-equation or finite-difference exact network of the data's PDE and grid,
+            with N's integrator and substeps). Any surrogate works, e.g. a larger trained one.
+        lipschitz: ``True`` (track the top singular pair along the trajectory: half a power
+            iteration per step, alternating ``J`` and ``J^T``, warm-started from the previous
+            step; two full iterations at the first step), an iteration count per step
+            (warm-started; four times that at the first step), or ``False`` to skip
+            ``lipschitz`` and ``stability_bound``.
+        trajectories, batch_size, device, dtype, progress, split: as for :func:`evaluate`.
+        seed: seed of the power iteration's start vector.
+
+    Returns an ``xarray.Dataset`` with dims ``(trajectory, step)`` and variables ``total``,
+    ``approximation``, ``optimisation``, ``local_total``, ``local_approximation``,
+    ``local_optimisation`` (all relative to ``||Phi^n u0||``), and ``lipschitz`` and
+    ``stability_bound`` unless ``lipschitz=False``. ``attrs`` name the witness and whether it is in
+    the model's class (``witness_in_class``); a warning says so when it is not.
+    """
+    import xarray as xr
+
+    src, steps, idx, dev, dtype = _prepare(model, data, steps, trajectories, device, dtype, split)
+    _check_memory(src, steps, batch_size)
+    meta: dict[str, Any]
+    if witness is None:
+        if src.pde is None:
+            raise SurrogateError("data without provenance: pass witness= (e.g. pdesurrogate.exact_surrogate(...))")
+        witness, meta = default_witness(model, src.pde, src.grid)
+    else:
+        ok, why = witness_in_class(witness, model)
+        meta = {"witness": witness.info.get("published") or ("given" if not witness.info else "given: " + ", ".join(
+            f"{k}={v}" for k, v in witness.info.items() if k in ("exact", "modified_equation", "hidden_channels"))),
+            "witness_in_class": ok, "witness_class_note": why, "witness_truncated": bool(witness.info.get("dropped")),
+            "witness_dropped": list(witness.info.get("dropped", [])), "witness_hidden": witness.vector_field.hidden}
+    if not meta["witness_in_class"]:
+        warnings.warn(f"the witness ({meta['witness']}) is not in the model's class: {meta['witness_class_note']}; "
+                      "its error is then no bound on the class's approximation error", stacklevel=2)
+    if abs(witness.dt - model.dt) > 1e-12 * model.dt:
+        raise SurrogateError(f"the witness steps dt={witness.dt:.6g}, the model dt={model.dt:.6g}")
+    iters = 0 if lipschitz is False else (TRACK if lipschitz is True else int(lipschitz))
+    N, E = _cast(model, dev, dtype), _cast(witness, dev, dtype)
+    names = list(SPLIT_VARS) + (["lipschitz", "stability_bound"] if iters else [])
+    out = {k: np.empty((idx.size, steps)) for k in names}
+    bar = _progress(idx.size, "split", progress)
+    row = 0
+    with _no_param_grads(N, E):
+        for b in _batches(idx, batch_size):
+            _split_batch(N, E, src.read(b, steps), steps, iters, dev, dtype, seed, out, row)
+            row += b.size
+            bar.update(b.size)
+    bar.close()
+    coords = _coords(idx, steps, src.dt)
+    ds = xr.Dataset({k: (("trajectory", "step"), v) for k, v in out.items()}, coords=coords,
+                    attrs=_attrs(model, src, {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in meta.items()}))
+    ds.attrs["witness_in_class"] = int(meta["witness_in_class"])
+    ds.attrs["witness_truncated"] = int(meta["witness_truncated"])
+    ds.attrs["lipschitz_iterations"] = 0.5 if iters == TRACK else iters
+    if iters:
+        ds["lipschitz"].attrs["long_name"] = "spectral norm of the step's Jacobian at the reference frame n-1"
+        ds["stability_bound"].attrs["long_name"] = "B_n = L_{n-1} B_{n-1} + local_total_n, relative"
+    return ds
+
+
+def _split_batch(N: Surrogate, E: Surrogate, ref_np: np.ndarray, steps: int, iters: int, dev: torch.device,
+                 dtype: torch.dtype, seed: int, out: dict[str, np.ndarray], row: int) -> None:
+    ref = torch.as_tensor(ref_np, device=dev)
+    f64 = torch.float64
+    uN = ref[:, 0].to(dtype)
+    uE = uN
+    v = w = None
+    bound = torch.zeros(ref.shape[0], dtype=f64, device=dev)
+    cols: dict[str, list] = {k: [] for k in out}
+    for n in range(1, steps + 1):
+        prev = ref[:, n - 1].to(dtype)
+        with torch.no_grad():
+            uN = N(uN)
+            uE, lE = E(torch.cat([uE, prev])).split(prev.shape[0])
+        if iters == TRACK:
+            lN, sigma, v, w = _track(N, prev, n, v, w, seed)
+        elif iters:
+            # warm start: the Jacobian moves little from one reference frame to the next
+            lN, sigma, v = _power(N, prev, iters * 4 if n == 1 else iters, v, seed)
+        else:
+            with torch.no_grad():
+                lN = N(prev)
+        r = ref[:, n]
+        scale = _norm(r)
+        tot, app, opt = _norm(uN.to(f64) - r), _norm(uE.to(f64) - r), _norm(uN.to(f64) - uE.to(f64))
+        ltot, lapp, lopt = _norm(lN.to(f64) - r), _norm(lE.to(f64) - r), _norm(lN.to(f64) - lE.to(f64))
+        for k, val in zip(SPLIT_VARS, (tot, app, opt, ltot, lapp, lopt)):
+            cols[k].append(val / scale)
+        if iters:
+            bound = sigma * bound + ltot
+            cols["lipschitz"].append(sigma)
+            cols["stability_bound"].append(bound / scale)
+    for k in out:
+        out[k][row:row + ref.shape[0]] = torch.stack(cols[k], 1).cpu().numpy()
+
+

@@ -91,7 +91,7 @@ def main() -> None:
     print(table(rows, [("case", "case", "s"), ("seconds", "median s", ".3f"), ("ratio", "x rollout", ".2f")]))
     last = {"rel_l2": float(rep.rel_l2.sel(step=steps).mean()),
             **{k: float(split[k].sel(step=steps).mean()) for k in ("total", "approximation", "optimisation",
-                                                                    "stability_bound")},
+                                                                    "propagated_estimate")},
             "witness": split.attrs["witness"]}
     print(f"step {steps}, means over trajectories: " + ", ".join(
         f"{k} {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in last.items()))

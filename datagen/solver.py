@@ -131,7 +131,8 @@ def _first_bad(a: np.ndarray) -> tuple[int, int]:
     return int(np.argmax(bad[:, step])), step
 
 
-def solve(config: GenerationConfig | Mapping[str, Any], u0: np.ndarray, steps: int) -> np.ndarray:
+def solve(config: GenerationConfig | Mapping[str, Any], u0: np.ndarray, steps: int,
+          errors: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Apply a dataset's own solver to given initial states.
 
     Args:
@@ -142,7 +143,10 @@ def solve(config: GenerationConfig | Mapping[str, Any], u0: np.ndarray, steps: i
         steps: saved steps to take.
 
     Returns float64 ``(batch, steps + 1, field, x, y)`` with ``u0`` first. Started from a file's
-    own initial frames, it reproduces the file's frames to their stored (float32) precision.
+    own initial frames, it reproduces the file's frames to their stored (float32) precision. With
+    ``errors=True`` also each trajectory's estimated relative error at the last step (the
+    step-doubling estimate of the reference path, an over-estimate of the kept finer solution's;
+    NaN for a configuration without a tolerance).
     """
     if isinstance(config, Mapping) and "config" in config and "pde" in config:
         config = config["config"]
@@ -166,5 +170,7 @@ def solve(config: GenerationConfig | Mapping[str, Any], u0: np.ndarray, steps: i
         raise DatagenError(f"initial states of shape {np.shape(u0)} do not fit (batch, {', '.join(map(str, want))})")
     if not np.all(np.isfinite(u)):
         raise DatagenError("initial states hold NaN or inf values")
-    traj = _rollout(json.dumps(cfg.to_dict(), sort_keys=True), u, int(steps))[0]
-    return traj[0] if single else traj
+    traj, est, _ = _rollout(json.dumps(cfg.to_dict(), sort_keys=True), u, int(steps))
+    if single:
+        traj, est = traj[0], est[0]
+    return (traj, est) if errors else traj

@@ -4,6 +4,7 @@ Reads the PDE spec and stencils of :mod:`datagen`; never the other way round.
 """
 
 from .activations import PowerReLU, signed_power
+from .bound import error_bound
 from .data import WindowDataset, receptive_halo
 from .diagnostics import effective_stencil, fd_stencil, stencil_distance
 from .errors import SurrogateError
@@ -30,7 +31,7 @@ __all__ = [
     "exact_channels", "exact_surrogate", "embed", "INTEGRATORS", "Surrogate", "SurrogateConfig", "build_surrogate",
     "load", "save", "KEY_MAP", "load_published", "published_config", "BoundaryPad", "StencilConv2d",
     "ConvVectorField", "evaluate", "summarize", "error_split", "default_witness", "witness_in_class",
-    "lipschitz_estimate", "rollout_error", "step_jacobian", "Recipe", "data_start", "learn",
+    "lipschitz_estimate", "rollout_error", "error_bound", "step_jacobian", "Recipe", "data_start", "learn",
     "train", "identify", "Identified", "WindowDataset", "receptive_halo", "fit", "window_loss", "malloc_tuned",
     "__version__",
 ]

@@ -17,10 +17,10 @@ from .model import Surrogate
 from .source import Source, check_fits, open_source
 
 
-def prepare(model: Surrogate, data: Any, steps: int | None, trajectories: Sequence[int] | None,
-             device: str | torch.device, dtype: torch.dtype | None, split: str | None = None):
+def request(data: Any, steps: int | None, trajectories: Sequence[int] | None, device: str | torch.device,
+            split: str | None = None) -> tuple[Source, int, np.ndarray, torch.device]:
+    """The reference, the horizon, the trajectory indices and the device of a scoring request, checked."""
     src = open_source(data, split)
-    check_fits(model, src)
     if steps is None:
         steps = src.n_time - 1
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
@@ -30,10 +30,35 @@ def prepare(model: Surrogate, data: Any, steps: int | None, trajectories: Sequen
     idx = np.arange(src.n_traj) if trajectories is None else np.asarray(list(trajectories), dtype=int).reshape(-1)
     if idx.size == 0 or idx.min() < 0 or idx.max() >= src.n_traj:
         raise SurrogateError(f"trajectories must be indices in 0..{src.n_traj - 1}")
-    dev = resolve_device(device)
+    return src, int(steps), idx, resolve_device(device)
+
+
+def prepare(model: Surrogate, data: Any, steps: int | None, trajectories: Sequence[int] | None,
+            device: str | torch.device, dtype: torch.dtype | None, split: str | None = None):
+    """:func:`request` for a :class:`Surrogate`, with its fit to the data checked and its dtype."""
+    src, steps, idx, dev = request(data, steps, trajectories, device, split)
+    check_fits(model, src)
     if dtype is None:
         dtype = next(model.parameters()).dtype
-    return src, int(steps), idx, dev, dtype
+    return src, steps, idx, dev, dtype
+
+
+def prepare_stepper(model: Any, data: Any, steps: int | None, trajectories: Sequence[int] | None,
+                    device: str | torch.device, dtype: torch.dtype | None, split: str | None = None):
+    """:func:`request` for any model (see :func:`pdesurrogate.steppers.as_stepper`)."""
+    import math
+
+    from .steppers import as_stepper
+
+    src, steps, idx, dev = request(data, steps, trajectories, device, split)
+    stepper = as_stepper(model, dev, dtype)
+    if stepper.surrogate is not None:
+        check_fits(model, src)
+    elif stepper.dt is not None and src.dt is not None and not math.isclose(float(stepper.dt), src.dt, rel_tol=1e-6):
+        raise SurrogateError(f"the model steps dt={float(stepper.dt):.6g} but {src.name} is saved every "
+                             f"dt={src.dt:.6g}")
+    stepper.check(src.n_traj, src.n_time, src.n_fields, tuple(src.shape), steps)
+    return src, steps, idx, dev, stepper
 
 
 def cast(model: Surrogate, dev: torch.device, dtype: torch.dtype) -> Surrogate:
@@ -65,13 +90,18 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x.flatten(1), dim=1)
 
 
-def attrs(model: Surrogate, src: Source, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def attrs(model: Any, src: Source, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Provenance of a report: the model's config and info (a Surrogate's; the type otherwise), the
+    data and the versions."""
     import datagen
 
     from .version import __version__
 
-    cfg = model.config.to_dict() if model.config is not None else {}
-    return {"model_config": json.dumps(cfg, sort_keys=True), "model_info": json.dumps(model.info, default=str),
+    config = getattr(model, "config", None) if isinstance(model, Surrogate) else None
+    cfg = config.to_dict() if config is not None else ({} if isinstance(model, Surrogate) else
+                                                      {"model": type(model).__name__})
+    info = model.info if isinstance(model, Surrogate) else {}
+    return {"model_config": json.dumps(cfg, sort_keys=True), "model_info": json.dumps(info, default=str),
             "data": src.name, "provenance": json.dumps(src.provenance or {}, sort_keys=True),
             "versions": json.dumps({"pdesurrogate": __version__, "datagen": datagen.__version__,
                                     "torch": torch.__version__, "numpy": np.__version__}),

@@ -161,7 +161,7 @@ def cmd(a: argparse.Namespace) -> int:
         table = evaluation.summarize(report, hs)
     else:
         report = split_mod.error_split(model, a.data, lipschitz=not a.no_lipschitz, **common)
-        keys = [k for k in ("total", "approximation", "optimisation", "local_total", "stability_bound", "lipschitz")
+        keys = [k for k in ("total", "approximation", "optimisation", "local_total", "propagated_estimate", "lipschitz")
                 if k in report]
         table = report[keys].sel(step=hs).mean("trajectory").to_dataframe()[keys]
         print(f"witness: {report.attrs['witness']} ({'in' if report.attrs['witness_in_class'] else 'NOT in'} the "

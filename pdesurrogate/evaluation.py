@@ -14,7 +14,7 @@ fields and cells, relative to the reference ``||Phi^n u0||``):
 * ``local_*``: the same three for one step started from the reference frame ``n-1``;
 * ``lipschitz``: the spectral norm ``L_{n-1}`` of the Jacobian of N's step at the reference
   frame ``n-1`` (power iteration with forward- and reverse-mode products, warm-started from the
-  previous step's singular vector); ``stability_bound`` propagates the local errors,
+  previous step's singular vector); ``propagated_estimate`` propagates the local errors,
   ``B_n = L_{n-1} B_{n-1} + delta_n``. With the Jacobian at the reference frame standing for the
   Lipschitz constant along the segment to the rolled-out state, it is a first-order bound.
 """
@@ -26,89 +26,88 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .batching import attrs as _attrs, batches as _batches, cast as _cast, coords as _coords, norm as _norm
-from .batching import prepare as _prepare, progress_bar as _progress
+from .batching import attrs as _attrs, batches as _batches, coords as _coords
+from .batching import prepare_stepper as _prepare_stepper, progress_bar as _progress
 from .errors import SurrogateError
-from .model import Surrogate
+from .metrics import CORRELATION_THRESHOLD, METRIC_NAMES, METRICS, correlation_time
 from .source import check_memory as _check_memory
 
-__all__ = ["evaluate", "summarize", "rollout_error", "METRICS"]
-
-METRICS = ("mse", "max_error", "rel_l2")
+__all__ = ["evaluate", "summarize", "rollout_error", "METRIC_NAMES"]
 
 
 # -- evaluate --------------------------------------------------------------------------------
-def evaluate(model: Surrogate, data: Any, steps: int | None = None, trajectories: Sequence[int] | None = None,
+def evaluate(model: Any, data: Any, steps: int | None = None, trajectories: Sequence[int] | None = None,
              batch_size: int = 32, device: str | torch.device = "auto", dtype: torch.dtype | None = None,
              progress: bool = False, split: str = "test"):
     """Roll ``model`` out from each trajectory's frame 0 and score steps ``1..steps``.
 
     Args:
-        model: any :class:`Surrogate` (trained, exact or published).
-        data: a datagen dataset folder (read at ``split``) or file, the ``xarray.Dataset`` of
-            :func:`datagen.open_dataset`, or an array ``(trajectory, time, field, x, y)``.
+        model: any stepper: a :class:`Surrogate` (trained, exact or published), any
+            ``torch.nn.Module`` or callable mapping ``(batch, field, x, y)`` to the next state (an
+            FNO, a U-Net of one's own), or an array of predictions ``(trajectory, time, field, x,
+            y)`` whose frame ``n`` is the model's state at step ``n``.
+        data: a datagen dataset folder (read at ``split``) or file, a plain Well-format file, the
+            ``xarray.Dataset`` of :func:`datagen.open_dataset`, or an array ``(trajectory, time,
+            field, x, y)``.
         steps: horizon (default: all stored steps); beyond the stored ones the reference is
             extended by the dataset's own solver (:func:`datagen.solve`).
         trajectories: indices to score (default: all).
         batch_size: trajectories per batch (memory stays flat in the number of trajectories).
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ...
-        dtype: rollout dtype (default: the model's; ``torch.float64`` for round-off studies).
+        dtype: rollout dtype (default: the model's; float64 for arrays and plain callables).
         progress: show a progress bar.
         split: the split of a dataset folder to score (default ``"test"``).
 
-    Returns an ``xarray.Dataset`` with dims ``(trajectory, step)``: ``mse`` (mean over fields and
-    cells of the squared error), ``max_error`` (largest absolute error), ``rel_l2``
-    (``||pred - ref|| / ||ref||``), and ``field_*`` variants over a ``field`` dim when there are
-    several fields. Frame 0 is never scored.
+    Returns an ``xarray.Dataset`` with dims ``(trajectory, step)``, one variable per metric of
+    :data:`pdesurrogate.metrics.METRICS` (``mse``, ``max_error``, ``rel_l2``, The Well's ``nrmse``,
+    ``vrmse``, ``pearson`` and ``band_low/mid/high``, APEBench's ``nrmse_ape``), ``field_*``
+    variants over a ``field`` dim when there are several fields, and ``correlation_time`` per
+    trajectory (first step with ``pearson < 0.8``; ``steps + 1`` when it never drops). Frame 0 is
+    never scored.
     """
     import xarray as xr
 
-    src, steps, idx, dev, dtype = _prepare(model, data, steps, trajectories, device, dtype, split)
+    src, steps, idx, dev, stepper = _prepare_stepper(model, data, steps, trajectories, device, dtype, split)
     _check_memory(src, steps, batch_size)
-    net = _cast(model, dev, dtype)
     F = src.n_fields
-    out = {k: np.empty((idx.size, steps)) for k in METRICS}
-    per_field = {k: np.empty((idx.size, steps, F)) for k in METRICS} if F > 1 else {}
+    out = {m.name: np.empty((idx.size, steps)) for m in METRICS}
+    per_field = {m.name: np.empty((idx.size, steps, F)) for m in METRICS} if F > 1 else {}
     bar = _progress(idx.size, "evaluate", progress)
     row = 0
-    with torch.no_grad():
-        for b in _batches(idx, batch_size):
-            ref = torch.as_tensor(src.read(b, steps), device=dev)
-            u = ref[:, 0].to(dtype)
-            ms, mx, rl = [], [], []
-            fms, fmx, frl = [], [], []
-            for n in range(1, steps + 1):
-                u = net(u)
-                diff = u.to(torch.float64) - ref[:, n]
-                sq = diff * diff
-                ms.append(sq.mean(dim=(1, 2, 3)))
-                mx.append(diff.abs().amax(dim=(1, 2, 3)))
-                rl.append(torch.sqrt(sq.sum(dim=(1, 2, 3))) / _norm(ref[:, n]))
+    for b in _batches(idx, batch_size):
+        ref = torch.as_tensor(src.read(b, steps), device=dev)
+        u = ref[:, 0].to(stepper.dtype)
+        cols: dict[str, list] = {m.name: [] for m in METRICS}
+        fcols: dict[str, list] = {m.name: [] for m in METRICS}
+        for n in range(1, steps + 1):
+            u = stepper.next(u, n, b)
+            pred = u.to(torch.float64)
+            for m in METRICS:
+                cols[m.name].append(m.joint(pred, ref[:, n]))
                 if F > 1:
-                    fms.append(sq.mean(dim=(2, 3)))
-                    fmx.append(diff.abs().amax(dim=(2, 3)))
-                    frl.append(torch.sqrt(sq.sum(dim=(2, 3))) / torch.linalg.vector_norm(ref[:, n], dim=(2, 3)))
-            for k, vals in zip(METRICS, (ms, mx, rl)):
-                out[k][row:row + b.size] = torch.stack(vals, 1).cpu().numpy()
+                    fcols[m.name].append(m.per_field(pred, ref[:, n]))
+        for m in METRICS:
+            out[m.name][row:row + b.size] = torch.stack(cols[m.name], 1).cpu().numpy()
             if F > 1:
-                for k, vals in zip(METRICS, (fms, fmx, frl)):
-                    per_field[k][row:row + b.size] = torch.stack(vals, 1).cpu().numpy()
-            row += b.size
-            bar.update(b.size)
+                per_field[m.name][row:row + b.size] = torch.stack(fcols[m.name], 1).cpu().numpy()
+        row += b.size
+        bar.update(b.size)
     bar.close()
     coords = _coords(idx, steps, src.dt)
-    data_vars = {k: (("trajectory", "step"), v) for k, v in out.items()}
+    data_vars: dict[str, Any] = {k: (("trajectory", "step"), v) for k, v in out.items()}
     if F > 1:
         coords["field"] = list(src.fields) or list(range(F))
         data_vars.update({f"field_{k}": (("trajectory", "step", "field"), v) for k, v in per_field.items()})
-    ds = xr.Dataset(data_vars, coords=coords, attrs=_attrs(model, src))
-    ds["mse"].attrs["long_name"] = "mean squared error over fields and cells"
-    ds["max_error"].attrs["long_name"] = "largest absolute error"
-    ds["rel_l2"].attrs["long_name"] = "relative L2 error ||pred - ref|| / ||ref||"
+    data_vars["correlation_time"] = ("trajectory", correlation_time(torch.as_tensor(out["pearson"])).numpy())
+    ds = xr.Dataset(data_vars, coords=coords, attrs=_attrs(model, src, {"model_kind": stepper.name}))
+    for m in METRICS:
+        ds[m.name].attrs["long_name"] = m.long_name
+    ds["correlation_time"].attrs["long_name"] = (f"first step with pearson < {CORRELATION_THRESHOLD} "
+                                                 f"({steps + 1}: not within the horizon)")
     return ds
 
 
-def rollout_error(model: Surrogate, data: Any, steps: int, trajectories: Sequence[int] | None = None,
+def rollout_error(model: Any, data: Any, steps: int, trajectories: Sequence[int] | None = None,
                   device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> float:
     """Mean over trajectories of the relative L2 error at step ``steps`` (the validation score
     of training); NaN when a rollout blows up."""

@@ -61,7 +61,7 @@ def plot_error_split(split):
     fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
     steps = split["step"].values
     styles = {"approximation": {"color": "C1"}, "optimisation": {"color": "C2", "linewidth": 3},
-              "stability_bound": {"color": "C3"}, "total": {"color": "k", "linestyle": "--"}}
+              "propagated_estimate": {"color": "C3"}, "total": {"color": "k", "linestyle": "--"}}
     for k, kw in styles.items():  # total last and dashed: it often lies on top of one of its parts
         if k in split:
             _band(ax, steps, split[k].values, k.replace("_", " "), **kw)

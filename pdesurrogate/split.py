@@ -41,14 +41,14 @@ def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate
             iteration per step, alternating ``J`` and ``J^T``, warm-started from the previous
             step; two full iterations at the first step), an iteration count per step
             (warm-started; four times that at the first step), or ``False`` to skip
-            ``lipschitz`` and ``stability_bound``.
+            ``lipschitz`` and ``propagated_estimate``.
         trajectories, batch_size, device, dtype, progress, split: as for :func:`evaluate`.
         seed: seed of the power iteration's start vector.
 
     Returns an ``xarray.Dataset`` with dims ``(trajectory, step)`` and variables ``total``,
     ``approximation``, ``optimisation``, ``local_total``, ``local_approximation``,
     ``local_optimisation`` (all relative to ``||Phi^n u0||``), and ``lipschitz`` and
-    ``stability_bound`` unless ``lipschitz=False``. ``attrs`` name the witness and whether it is in
+    ``propagated_estimate`` unless ``lipschitz=False``. ``attrs`` name the witness and whether it is in
     the model's class (``witness_in_class``); a warning says so when it is not.
     """
     import xarray as xr
@@ -73,7 +73,7 @@ def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate
         raise SurrogateError(f"the witness steps dt={witness.dt:.6g}, the model dt={model.dt:.6g}")
     iters = 0 if lipschitz is False else (TRACK if lipschitz is True else int(lipschitz))
     N, E = _cast(model, dev, dtype), _cast(witness, dev, dtype)
-    names = list(SPLIT_VARS) + (["lipschitz", "stability_bound"] if iters else [])
+    names = list(SPLIT_VARS) + (["lipschitz", "propagated_estimate"] if iters else [])
     out = {k: np.empty((idx.size, steps)) for k in names}
     bar = _progress(idx.size, "split", progress)
     row = 0
@@ -91,7 +91,8 @@ def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate
     ds.attrs["lipschitz_iterations"] = 0.5 if iters == TRACK else iters
     if iters:
         ds["lipschitz"].attrs["long_name"] = "spectral norm of the step's Jacobian at the reference frame n-1"
-        ds["stability_bound"].attrs["long_name"] = "B_n = L_{n-1} B_{n-1} + local_total_n, relative"
+        ds["propagated_estimate"].attrs["long_name"] = ("P_n = L_{n-1} P_{n-1} + local_total_n, relative: an estimate, "
+                                                        "not a bound (error_bound gives one)")
     return ds
 
 
@@ -126,7 +127,7 @@ def _split_batch(N: Surrogate, E: Surrogate, ref_np: np.ndarray, steps: int, ite
         if iters:
             bound = sigma * bound + ltot
             cols["lipschitz"].append(sigma)
-            cols["stability_bound"].append(bound / scale)
+            cols["propagated_estimate"].append(bound / scale)
     for k in out:
         out[k][row:row + ref.shape[0]] = torch.stack(cols[k], 1).cpu().numpy()
 

@@ -248,7 +248,7 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
         hs = sorted({h for h in (1, 10, a.steps) if 1 <= h <= a.steps})
         rep = evaluation.evaluate(model, test_file, steps=a.steps)
         table = evaluation.summarize(rep, hs).loc["rel_l2"]
-        keys = ["total", "approximation", "optimisation", "stability_bound"]
+        keys = ["total", "approximation", "optimisation", "propagated_estimate"]
         with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
             print(f"\nrelative L2 error on {test_file} (over {rep.sizes['trajectory']} trajectories):")
             print(table.to_string())

@@ -166,7 +166,7 @@ def test_split_inequalities_for_a_perturbed_exact_network(files):
     sp = ps.error_split(net, files["small"], steps=10, witness=exact, lipschitz=5)
     tot, app, opt = sp.total.values, sp.approximation.values, sp.optimisation.values
     assert np.all(tot <= app + opt + 1e-12)
-    assert np.all(sp.stability_bound.values >= tot * (1 - 1e-9))
+    assert np.all(sp.propagated_estimate.values >= tot * (1 - 1e-9))
     assert np.all(sp.lipschitz.values > 0.9)
     assert float(opt.min()) > 1e-6  # the perturbation shows
 

@@ -82,7 +82,7 @@ def main() -> None:
     for h in HORIZONS:
         if h <= a.steps:
             cols += [(f"true@{h}", f"true rE({h}) median", ".3g"), (f"median@{h}", f"bound/true {h} median", ".3g"),
-                     (f"worst@{h}", f"worst", ".3g"), (f"holds@{h}", "holds", "")]
+                     (f"worst@{h}", "worst", ".3g"), (f"holds@{h}", "holds", "")]
     cols += [("rollout_s", "rollout s", ".1f"), ("bound_s", "bound s", ".1f"), ("cost_ratio", "bound/rollout", ".1f")]
     print(table(rows, cols))
     path = write_json("bound", {"machine": machine(), "data": str(test), "trajectories": len(traj), "steps": a.steps,

@@ -21,6 +21,7 @@ EPILOG = """examples:
   pdesurrogate evaluate runs/fisher/model.pt data/fisher --steps 40
   pdesurrogate evaluate FisherNoNoise.pt data/fisher --published --out report.nc --plots plots/
   pdesurrogate split runs/fisher/model.pt data/fisher --split train --steps 40 --plots plots/
+  pdesurrogate evaluate predictions.npy data/fisher --steps 40 --bound   # any model's (trajectory, time, field, x, y)
   pdesurrogate identify runs/fisher data/fisher"""
 
 
@@ -47,7 +48,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="checkpoint written by pdesurrogate.save (or a published state_dict with --published)")
+    p.add_argument("model", help="checkpoint written by pdesurrogate.save, a published state_dict with --published, "
+                   "or (evaluate) a .npy array of any model's predictions (trajectory, time, field, x, y)")
     p.add_argument("data", help="datagen dataset folder (or one of its files) with the reference trajectories")
     p.add_argument("--split", default="test", help="split of a dataset folder to score (default test)")
     p.add_argument("--published", action="store_true", help="MODEL is a published state_dict (FisherNoNoise.pt, ...)")
@@ -72,13 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"pdesurrogate {__version__}")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     sub.required = True
-    e = sub.add_parser("evaluate", help="rollout errors (mse, max error, relative L2) per step", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e = sub.add_parser("evaluate", help="rollout errors per step (mse, max error, relative L2, The Well's and "
+                       "APEBench's metrics)", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(e)
-    s = sub.add_parser("split", help="approximation / optimisation error split with the stability bound",
+    e.add_argument("--bound", action="store_true", help="also the a-posteriori error bound (needs datagen data)")
+    s = sub.add_parser("split", help="approximation / optimisation error split, the error bound and its budget",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(s)
-    s.add_argument("--no-lipschitz", action="store_true", help="skip the Lipschitz estimate and the bound")
+    s.add_argument("--no-lipschitz", action="store_true", help="skip the network's Lipschitz estimate")
+    s.add_argument("--no-bound", action="store_true", help="skip the error bound and its per-step budget")
     i = sub.add_parser("identify", help="read a trained vector field as a PDE (sparse polynomial fit on DATA's frames)",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     i.add_argument("model", help="checkpoint (a run's model.pt) or a run folder")
@@ -114,9 +118,30 @@ def _load(a: argparse.Namespace):
     from .published import load_published
 
     dtype = torch.float64 if a.float64 else None
+    if str(a.model).endswith(".npy"):
+        if a.cmd != "evaluate":
+            raise SurrogateError(f"{a.cmd} needs a network of the stencil class; predictions ({a.model}) can be "
+                                 "scored by `pdesurrogate evaluate`")
+        return _predictions(a.model)
     if a.published:
         return load_published(a.model, dtype=dtype or torch.float32)
     return load(a.model, dtype=dtype)
+
+
+def _predictions(path: str):
+    """A ``.npy`` array of predictions, memory-mapped (nothing allocated from its header), no pickles."""
+    import numpy as np
+
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise SurrogateError(f"{path}: no such file") from None
+    except (ValueError, OSError) as exc:
+        raise SurrogateError(f"{path} is not a readable .npy array ({exc})") from None
+    if arr.ndim != 5 or not np.issubdtype(arr.dtype, np.floating):
+        raise SurrogateError(f"{path} holds a {arr.dtype} array of shape {arr.shape}; predictions are floating point "
+                             "(trajectory, time, field, x, y)")
+    return arr
 
 
 def _horizons(text: str, steps: int) -> list[int]:
@@ -147,6 +172,7 @@ def cmd(a: argparse.Namespace) -> int:
     import pandas as pd
     import torch
 
+    from . import bound as bound_mod
     from . import evaluation
     from . import split as split_mod
 
@@ -156,9 +182,12 @@ def cmd(a: argparse.Namespace) -> int:
     common = dict(steps=a.steps, trajectories=traj, batch_size=a.batch_size, device=a.device, dtype=dtype,
                   progress=not a.quiet and sys.stderr.isatty(), split=a.split)
     hs = _horizons(a.horizons, a.steps)
+    bound = None
     if a.cmd == "evaluate":
         report = evaluation.evaluate(model, a.data, **common)
-        table = evaluation.summarize(report, hs)
+        table = evaluation.summarize(report, hs, metrics=("mse", "max_error", "rel_l2", "vrmse", "pearson"))
+        if a.bound:
+            bound = bound_mod.error_bound(model, a.data, witness=False, **common)
     else:
         report = split_mod.error_split(model, a.data, lipschitz=not a.no_lipschitz, **common)
         keys = [k for k in ("total", "approximation", "optimisation", "local_total", "propagated_estimate", "lipschitz")
@@ -167,8 +196,16 @@ def cmd(a: argparse.Namespace) -> int:
         print(f"witness: {report.attrs['witness']} ({'in' if report.attrs['witness_in_class'] else 'NOT in'} the "
               f"model's class; {report.attrs['witness_hidden']} hidden channels)")
         print("means over trajectories, relative to the reference norm:")
+        if not a.no_bound:
+            bound = bound_mod.error_bound(model, a.data, **common)
     with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
         print(table.to_string())
+        if bound is not None:
+            keys = [k for k in ("total", "bound", "bound_approximation", "bound_optimisation", "bound_reference")
+                    if k in bound]
+            print(f"\nerror bound ({bound.attrs['bound_note']}); means over "
+                  "trajectories, relative to the reference norm:")
+            print(bound[keys].sel(step=hs).mean("trajectory").to_dataframe()[keys].to_string())
     if a.out:
         _write(report, a.out)
         print(f"wrote {a.out}")
@@ -181,6 +218,8 @@ def cmd(a: argparse.Namespace) -> int:
             paths = [plotting.save(plotting.plot_error_curves(report), folder / "errors.png")]
         else:
             paths = [plotting.save(plotting.plot_error_split(report), folder / "split.png")]
+        if bound is not None:
+            paths.append(plotting.save(plotting.plot_budget(bound), folder / "budget.png"))
         for p in paths:
             print(f"wrote {p}")
     return 0

@@ -75,6 +75,35 @@ def plot_error_split(split):
     return fig
 
 
+def plot_budget(bound):
+    """The error bound's per-step budget: its approximation, optimisation and reference shares
+    stacked over steps (means over trajectories; a negative optimisation share, where the model
+    beats the witness, is drawn below zero), with the bound and the true error on top."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
+    steps = bound["step"].values
+    mean = {k: bound[k].mean("trajectory").values for k in bound.data_vars if bound[k].dims == ("trajectory", "step")}
+    if "bound_approximation" in mean:
+        pos = np.zeros_like(steps, dtype=float)
+        neg = np.zeros_like(steps, dtype=float)
+        for k, color in (("bound_approximation", "C1"), ("bound_optimisation", "C2"), ("bound_reference", "C7")):
+            v = mean[k]
+            up, down = np.clip(v, 0, None), np.clip(v, None, 0)
+            ax.fill_between(steps, pos, pos + up, color=color, alpha=0.5, lw=0,
+                            label=k.replace("bound_", "") + " share")
+            if np.any(down < 0):
+                ax.fill_between(steps, neg + down, neg, color=color, alpha=0.25, lw=0, hatch="//")
+            pos, neg = pos + up, neg + down
+    ax.plot(steps, mean["bound"], color="C3", lw=2, label=f"bound ({bound.attrs.get('bound_status', '')})")
+    ax.plot(steps, mean["total"], color="k", ls="--", label="true error")
+    ax.axhline(0.0, color="0.5", lw=0.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("relative L2 error (mean over trajectories)")
+    ax.set_title(f"error budget; witness: {bound.attrs.get('witness', 'none')}", fontsize=9)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def _draw(ax, frame: np.ndarray, extent, vmin=None, vmax=None, cmap="viridis"):
     return ax.imshow(np.asarray(frame).T, origin="lower", extent=extent, vmin=vmin, vmax=vmax, cmap=cmap)
 

@@ -90,8 +90,9 @@ def main() -> None:
     print(f"{what}; {n_traj} trajectories x {steps} steps at 100^2, float32, {where}")
     print(table(rows, [("case", "case", "s"), ("seconds", "median s", ".3f"), ("ratio", "x rollout", ".2f")]))
     last = {"rel_l2": float(rep.rel_l2.sel(step=steps).mean()),
-            **{k: float(split[k].sel(step=steps).mean()) for k in ("total", "approximation", "optimisation",
-                                                                    "propagated_estimate")},
+            **{k: float(split[k].sel(step=steps).mean()) for k in ("total", "approximation_bound",
+                                                                    "optimisation_lower_bound", "witness_error",
+                                                                    "witness_gap", "propagated_estimate")},
             "witness": split.attrs["witness"]}
     print(f"step {steps}, means over trajectories: " + ", ".join(
         f"{k} {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in last.items()))

@@ -18,7 +18,7 @@ from .lipschitz import lipschitz_estimate
 from .membership import witness_in_class
 from .model import Surrogate, SurrogateConfig, build_surrogate, load, save
 from .published import KEY_MAP, load_published, published_config
-from .split import error_split
+from .split import error_split, split_verdict
 from .stencil_conv import BoundaryPad, StencilConv2d
 from .training import fit, malloc_tuned, window_loss
 from .vector_field import ConvVectorField
@@ -31,7 +31,7 @@ __all__ = [
     "exact_channels", "exact_surrogate", "embed", "INTEGRATORS", "Surrogate", "SurrogateConfig", "build_surrogate",
     "load", "save", "KEY_MAP", "load_published", "published_config", "BoundaryPad", "StencilConv2d",
     "ConvVectorField", "evaluate", "summarize", "error_split", "default_witness", "witness_in_class",
-    "lipschitz_estimate", "rollout_error", "error_bound", "step_jacobian", "Recipe", "data_start", "learn",
+    "lipschitz_estimate", "rollout_error", "error_bound", "split_verdict", "step_jacobian", "Recipe", "data_start", "learn",
     "train", "identify", "Identified", "WindowDataset", "receptive_halo", "fit", "window_loss", "malloc_tuned",
     "__version__",
 ]

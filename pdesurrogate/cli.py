@@ -190,8 +190,8 @@ def cmd(a: argparse.Namespace) -> int:
             bound = bound_mod.error_bound(model, a.data, witness=False, **common)
     else:
         report = split_mod.error_split(model, a.data, lipschitz=not a.no_lipschitz, **common)
-        keys = [k for k in ("total", "approximation", "optimisation", "local_total", "propagated_estimate", "lipschitz")
-                if k in report]
+        keys = [k for k in ("total", "approximation_bound", "optimisation_lower_bound", "witness_error", "witness_gap",
+                            "propagated_estimate", "lipschitz") if k in report]
         table = report[keys].sel(step=hs).mean("trajectory").to_dataframe()[keys]
         print(f"witness: {report.attrs['witness']} ({'in' if report.attrs['witness_in_class'] else 'NOT in'} the "
               f"model's class; {report.attrs['witness_hidden']} hidden channels)")
@@ -200,6 +200,8 @@ def cmd(a: argparse.Namespace) -> int:
             bound = bound_mod.error_bound(model, a.data, **common)
     with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
         print(table.to_string())
+        if a.cmd == "split":
+            print(split_mod.split_verdict(report))
         if bound is not None:
             keys = [k for k in ("total", "bound", "bound_approximation", "bound_optimisation", "bound_reference")
                     if k in bound]

@@ -56,12 +56,14 @@ def plot_error_curves(report, metrics: Sequence[str] = ("rel_l2", "max_error", "
 
 
 def plot_error_split(split):
-    """Total, approximation and optimisation errors (and the stability bound) against step."""
+    """Total error, the bounds on its approximation and optimisation parts, the witness's error and
+    the Lipschitz-propagated estimate against step."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
     steps = split["step"].values
-    styles = {"approximation": {"color": "C1"}, "optimisation": {"color": "C2", "linewidth": 3},
-              "propagated_estimate": {"color": "C3"}, "total": {"color": "k", "linestyle": "--"}}
+    styles = {"approximation_bound": {"color": "C1", "linewidth": 3}, "optimisation_lower_bound": {"color": "C2"},
+              "witness_error": {"color": "C4", "linestyle": ":"}, "propagated_estimate": {"color": "C3"},
+              "total": {"color": "k", "linestyle": "--"}}
     for k, kw in styles.items():  # total last and dashed: it often lies on top of one of its parts
         if k in split:
             _band(ax, steps, split[k].values, k.replace("_", " "), **kw)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -12,23 +12,30 @@ import torch
 from .batching import attrs as _attrs, batches as _batches, cast as _cast, coords as _coords, norm as _norm
 from .batching import prepare as _prepare, progress_bar as _progress
 from .errors import SurrogateError
+from .evaluation import evaluate
 from .lipschitz import TRACK, _no_param_grads, _power, _track
 from .membership import witness_in_class
 from .model import Surrogate
 from .source import check_memory as _check_memory
 from .witness import default_witness
 
-__all__ = ["error_split", "SPLIT_VARS"]
+__all__ = ["error_split", "split_verdict", "SPLIT_VARS"]
 
 
-SPLIT_VARS = ("total", "approximation", "optimisation", "local_total", "local_approximation", "local_optimisation")
+SPLIT_VARS = ("total", "witness_error", "witness_gap", "local_total", "local_witness_error", "local_witness_gap")
+BOUND_VARS = ("approximation_bound", "optimisation_lower_bound")
 
 
 def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate | None = None,
                 lipschitz: bool | int = True, trajectories: Sequence[int] | None = None, batch_size: int = 32,
                 device: str | torch.device = "auto", dtype: torch.dtype | None = None, seed: int = 0,
-                progress: bool = False, split: str = "test"):
-    """Split a surrogate's rollout error into approximation and optimisation parts.
+                progress: bool = False, split: str = "test", others: Mapping[str, Surrogate] | None = None):
+    """Bound a surrogate's rollout error's approximation and optimisation parts.
+
+    No one can compute the best network of a class, so the split says what it can know: the
+    class's approximation error is at most the smallest error of any member known (the witness,
+    the network judged, and ``others``), and the network's optimisation error is at least its
+    total minus that.
 
     Args:
         model: the (trained) surrogate N.
@@ -44,12 +51,19 @@ def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate
             ``lipschitz`` and ``propagated_estimate``.
         trajectories, batch_size, device, dtype, progress, split: as for :func:`evaluate`.
         seed: seed of the power iteration's start vector.
+        others: more members of the class by name (e.g. other trained networks): their errors
+            tighten ``approximation_bound``.
 
-    Returns an ``xarray.Dataset`` with dims ``(trajectory, step)`` and variables ``total``,
-    ``approximation``, ``optimisation``, ``local_total``, ``local_approximation``,
-    ``local_optimisation`` (all relative to ``||Phi^n u0||``), and ``lipschitz`` and
-    ``propagated_estimate`` unless ``lipschitz=False``. ``attrs`` name the witness and whether it is in
-    the model's class (``witness_in_class``); a warning says so when it is not.
+    Returns an ``xarray.Dataset`` with dims ``(trajectory, step)``, all relative to
+    ``||Phi^n u0||``: ``total`` (N against the reference), ``witness_error`` (W against the
+    reference), ``witness_gap`` (``||N - W||``), ``approximation_bound`` (the smallest error of a
+    member known: an upper bound on the class's approximation error), ``optimisation_lower_bound``
+    (``total - approximation_bound``), ``approximation_bound_member`` (index into
+    ``attrs["members"]``), the ``local_*`` one-step versions, and ``lipschitz`` and
+    ``propagated_estimate`` unless ``lipschitz=False``. ``attrs`` name the witness, whether it is in
+    the model's class (a warning says so when it is not), the member that attains the bound at the
+    last step (``approximation_bound_attained_by``) and ``model_is_best_known`` (1 when the model
+    beats every other member known there).
     """
     import xarray as xr
 
@@ -83,12 +97,35 @@ def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate
             row += b.size
             bar.update(b.size)
     bar.close()
+    members, errors = ["model"], [out["total"]]
+    if meta["witness_in_class"]:
+        members.append(str(meta["witness"]))
+        errors.append(out["witness_error"])
+    for name, net in (others or {}).items():
+        ok, why = witness_in_class(net, model)
+        if not ok:
+            warnings.warn(f"{name} is not in the model's class ({why}); it does not bound the class's error",
+                          stacklevel=2)
+            continue
+        members.append(str(name))
+        errors.append(evaluate(net, data, steps=steps, trajectories=idx, batch_size=batch_size, device=dev,
+                               dtype=dtype, split=split).rel_l2.values)
+    stack = np.stack(errors)
+    out["approximation_bound"] = stack.min(axis=0)
+    out["optimisation_lower_bound"] = out["total"] - out["approximation_bound"]
+    out["approximation_bound_member"] = stack.argmin(axis=0)
+    last = stack[:, :, -1].mean(axis=1)
+    meta.update({"members": members, "approximation_bound_attained_by": members[int(np.argmin(last))],
+                 "model_is_best_known": int(len(members) > 1 and bool(np.all(last[0] < last[1:])))})
     coords = _coords(idx, steps, src.dt)
     ds = xr.Dataset({k: (("trajectory", "step"), v) for k, v in out.items()}, coords=coords,
                     attrs=_attrs(model, src, {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in meta.items()}))
     ds.attrs["witness_in_class"] = int(meta["witness_in_class"])
     ds.attrs["witness_truncated"] = int(meta["witness_truncated"])
     ds.attrs["lipschitz_iterations"] = 0.5 if iters == TRACK else iters
+    ds["approximation_bound"].attrs["long_name"] = "upper bound on the class's approximation error (best member known)"
+    ds["optimisation_lower_bound"].attrs["long_name"] = "lower bound on the model's optimisation error"
+    ds["witness_gap"].attrs["long_name"] = "||N - W||: the model's distance to the witness"
     if iters:
         ds["lipschitz"].attrs["long_name"] = "spectral norm of the step's Jacobian at the reference frame n-1"
         ds["propagated_estimate"].attrs["long_name"] = ("P_n = L_{n-1} P_{n-1} + local_total_n, relative: an estimate, "
@@ -132,3 +169,17 @@ def _split_batch(N: Surrogate, E: Surrogate, ref_np: np.ndarray, steps: int, ite
         out[k][row:row + ref.shape[0]] = torch.stack(cols[k], 1).cpu().numpy()
 
 
+
+
+def split_verdict(split) -> str:
+    """One line on what the split can say at its last step: which member attains the bound on the
+    class's approximation error, and how much of the model's error training certainly left."""
+    last = split["step"].values[-1]
+    m = split.sel(step=last).mean("trajectory")
+    total, app, opt = float(m["total"]), float(m["approximation_bound"]), float(m["optimisation_lower_bound"])
+    who = split.attrs.get("approximation_bound_attained_by", "?")
+    if split.attrs.get("model_is_best_known"):
+        return (f"training found a better member of the class than any construction: the class's best is at most "
+                f"{total:.4g} at step {last} (this model); the optimisation error is not bounded away from zero")
+    return (f"at step {last} the class holds a member with error {app:.4g} ({who}): the model's optimisation error is "
+            f"at least {opt:.4g} of its {total:.4g}")

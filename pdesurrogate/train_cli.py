@@ -248,7 +248,7 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
         hs = sorted({h for h in (1, 10, a.steps) if 1 <= h <= a.steps})
         rep = evaluation.evaluate(model, test_file, steps=a.steps)
         table = evaluation.summarize(rep, hs).loc["rel_l2"]
-        keys = ["total", "approximation", "optimisation", "propagated_estimate"]
+        keys = ["total", "approximation_bound", "optimisation_lower_bound", "witness_error", "witness_gap"]
         with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
             print(f"\nrelative L2 error on {test_file} (over {rep.sizes['trajectory']} trajectories):")
             print(table.to_string())
@@ -256,11 +256,7 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
                 split = split_mod.error_split(model, test_file, steps=a.steps)
                 print(f"\nerror split (witness: {split.attrs['witness']}), means over trajectories:")
                 print(split[keys].sel(step=hs).mean("trajectory").to_dataframe()[keys].to_string())
-                means = split[["total", "approximation"]].sel(step=a.steps).mean("trajectory")
-                if float(means["total"]) < float(means["approximation"]):
-                    print(f"training found a better member of the class than the witness: the class's best is at "
-                          f"most {float(means['total']):.4g} at step {a.steps}; here 'approximation' is the witness's "
-                          "own error and 'optimisation' the distance to it")
+                print(split_mod.split_verdict(split))
         line = _against_fd(model, probe, test_file, a.steps, float(table.loc[a.steps, "mean"]))
         if line:
             print(line)

@@ -193,3 +193,25 @@ def test_bound_refuses_data_without_a_solver(tmp_path, files):
     arr = datagen.open_dataset(files["fisher"])["u"].values[:, :, None]
     with pytest.raises(ps.SurrogateError, match="no datagen provenance"):
         ps.error_bound(_fisher_exact(), arr, steps=5)
+
+
+def test_cli_split_writes_the_budget_and_evaluate_scores_predictions(files, tmp_path, capsys):
+    from pdesurrogate.cli import main
+
+    ps.save(_fisher_exact(), tmp_path / "exact.pt")
+    assert main(["split", str(tmp_path / "exact.pt"), str(files["fisher"]), "--steps", "5", "--horizons", "1,5",
+                 "--no-lipschitz", "--plots", str(tmp_path / "plots"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "error bound (certified" in out and "bound_optimisation" in out
+    assert (tmp_path / "plots" / "budget.png").stat().st_size > 1000
+    u = datagen.open_dataset(files["fisher"])["u"].values[:, :6, None]
+    np.save(tmp_path / "pred.npy", u)  # the reference itself: zero error, a bound of round-off size
+    assert main(["evaluate", str(tmp_path / "pred.npy"), str(files["fisher"]), "--steps", "5", "--bound", "-q"]) == 0
+    assert "error bound" in capsys.readouterr().out
+    # one-line refusals: pickled objects, a split of predictions
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert main(["evaluate", str(tmp_path / "obj.npy"), str(files["fisher"])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a readable .npy array" in err[0]
+    assert main(["split", str(tmp_path / "pred.npy"), str(files["fisher"])]) == 2
+    assert "can be scored by `pdesurrogate evaluate`" in capsys.readouterr().err

@@ -134,14 +134,14 @@ def test_split_of_the_exact_network_on_the_accurate_file(files):
     g = Grid((100, 100))
     net = ps.exact_surrogate(catalogue.fisher(), g, PAPER_DT, substeps=3)
     sp = ps.error_split(net, files["paper"], steps=40, witness=net, lipschitz=False)
-    assert float(sp.optimisation.max()) < 1e-10
-    np.testing.assert_allclose(sp.approximation, sp.total, rtol=1e-9)
+    assert float(sp.witness_gap.max()) < 1e-10
+    np.testing.assert_allclose(sp.witness_error, sp.total, rtol=1e-9)
     r40 = float(ps.evaluate(net, files["paper"], steps=40).rel_l2.sel(step=40).mean())
     assert 4e-3 < r40 < 3e-2
     assert float(sp.total.sel(step=40).mean()) == pytest.approx(r40, rel=1e-6)
     # the default witness of this network's class is the same scheme
     auto = ps.error_split(net, files["paper"], steps=5, lipschitz=False)
-    assert auto.attrs["witness_in_class"] == 1 and float(auto.optimisation.max()) < 1e-10
+    assert auto.attrs["witness_in_class"] == 1 and float(auto.witness_gap.max()) < 1e-10
 
 
 def test_modified_equation_witness_beats_the_scheme(files):
@@ -164,11 +164,40 @@ def test_split_inequalities_for_a_perturbed_exact_network(files):
         w = net.vector_field.conv1.weight
         w.mul_(1 + 1e-3 * torch.randn(w.shape, generator=gen, dtype=w.dtype))
     sp = ps.error_split(net, files["small"], steps=10, witness=exact, lipschitz=5)
-    tot, app, opt = sp.total.values, sp.approximation.values, sp.optimisation.values
+    tot, app, opt = sp.total.values, sp.witness_error.values, sp.witness_gap.values
     assert np.all(tot <= app + opt + 1e-12)
+    np.testing.assert_array_equal(sp.approximation_bound.values, np.minimum(tot, app))
+    np.testing.assert_allclose(sp.optimisation_lower_bound.values, tot - np.minimum(tot, app))
+    # on the scheme's own data the witness is exact, the perturbed network worse: the witness
+    # attains the bound on the class's approximation error
+    on_scheme = ps.error_split(net, files["scheme"], steps=10, witness=exact, lipschitz=False)
+    assert on_scheme.attrs["approximation_bound_attained_by"] == on_scheme.attrs["witness"]
+    assert on_scheme.attrs["model_is_best_known"] == 0
+    assert float(on_scheme.optimisation_lower_bound.sel(step=10).min()) > 0
     assert np.all(sp.propagated_estimate.values >= tot * (1 - 1e-9))
     assert np.all(sp.lipschitz.values > 0.9)
     assert float(opt.min()) > 1e-6  # the perturbation shows
+
+
+def test_split_of_a_network_better_than_its_witness_names_the_network_as_the_bound(files):
+    """A network better than its witness (the exact network judged against a perturbed copy) is
+    itself the best member known: the approximation bound is its own total, the optimisation
+    bound zero, and the parts' names say bound."""
+    g = Grid((32, 32))
+    exact = ps.exact_surrogate(catalogue.fisher(), g, PAPER_DT, substeps=3)
+    worse = copy.deepcopy(exact)
+    with torch.no_grad():
+        worse.vector_field.conv2.weight.mul_(0.9)
+    sp = ps.error_split(exact, files["small"], steps=10, witness=worse, lipschitz=False)
+    np.testing.assert_array_equal(sp.approximation_bound.values, sp.total.values)
+    assert float(abs(sp.optimisation_lower_bound).max()) == 0.0
+    assert sp.attrs["approximation_bound_attained_by"] == "model" and sp.attrs["model_is_best_known"] == 1
+    assert "approximation" not in sp and "optimisation" not in sp  # no part named as if it were known exactly
+    assert "better member of the class than any construction" in ps.split_verdict(sp)
+    # another trained member handed in tightens the bound when it is better still
+    sp2 = ps.error_split(worse, files["small"], steps=10, witness=worse, lipschitz=False, others={"exact": exact})
+    assert sp2.attrs["approximation_bound_attained_by"] == "exact"
+    assert float(sp2.optimisation_lower_bound.sel(step=10).min()) > 0
 
 
 def test_power_iteration_matches_the_dense_spectral_norm(rng):
@@ -235,7 +264,7 @@ def test_cli_evaluate_and_split(files, tmp_path):
     assert "rel_l2" in r.stdout and (tmp_path / "r.csv").exists()
     r = _cli("split", ckpt, files["small"], "--steps", "4", "--horizons", "1,4", "--no-lipschitz")
     assert r.returncode == 0, r.stderr
-    assert "approximation" in r.stdout and "witness" in r.stdout
+    assert "approximation_bound" in r.stdout and "witness" in r.stdout and "optimisation error is at least" in r.stdout
     bad = _cli("evaluate", tmp_path / "missing.pt", files["small"])
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
     other = ps.save(ps.exact_surrogate(catalogue.fisher(), g, 2 * PAPER_DT), tmp_path / "other.pt")

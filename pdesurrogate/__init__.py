@@ -7,7 +7,7 @@ from .activations import PowerReLU, signed_power
 from .bound import error_bound
 from .data import WindowDataset, receptive_halo
 from .diagnostics import effective_stencil, fd_stencil, stencil_distance
-from .errors import SurrogateError
+from .errors import StabilityWarning, SurrogateError
 from .evaluation import evaluate, rollout_error, summarize
 from .exact import embed, exact_channels, exact_surrogate
 from .gauss_newton import step_jacobian
@@ -27,7 +27,7 @@ from .witness import default_witness
 
 
 __all__ = [
-    "PowerReLU", "signed_power", "effective_stencil", "fd_stencil", "stencil_distance", "SurrogateError",
+    "PowerReLU", "signed_power", "StabilityWarning", "effective_stencil", "fd_stencil", "stencil_distance", "SurrogateError",
     "exact_channels", "exact_surrogate", "embed", "INTEGRATORS", "Surrogate", "SurrogateConfig", "build_surrogate",
     "load", "save", "KEY_MAP", "load_published", "published_config", "BoundaryPad", "StencilConv2d",
     "ConvVectorField", "evaluate", "summarize", "error_split", "default_witness", "witness_in_class",

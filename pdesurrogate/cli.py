@@ -184,8 +184,17 @@ def cmd(a: argparse.Namespace) -> int:
     hs = _horizons(a.horizons, a.steps)
     bound = None
     if a.cmd == "evaluate":
-        report = evaluation.evaluate(model, a.data, **common)
-        table = evaluation.summarize(report, hs, metrics=("mse", "max_error", "rel_l2", "vrmse", "pearson"))
+        report = evaluation.evaluate(model, a.data, baselines=True, **common)
+        shown = [m for m in ("rel_l2", "persistence_rel_l2", "fd_network_rel_l2", "vrmse", "pearson", "max_error")
+                 if m in report]
+        table = evaluation.summarize(report, hs, metrics=shown)
+        print(f"model {a.model} ({report.attrs['model_kind']}) on {report.attrs['data']}, "
+              f"{report.sizes['trajectory']} trajectories; persistence is u_n = u_0, the FD network the class's "
+              "finite-difference scheme")
+        print(evaluation.relative_to(report))
+        if report.attrs.get("non_finite_trajectories"):
+            print(f"{report.attrs['non_finite_trajectories']} trajectories blew up (first at step "
+                  f"{report.attrs['first_non_finite_step']}): counted in non_finite, not averaged")
         if a.bound:
             bound = bound_mod.error_bound(model, a.data, witness=False, **common)
     else:
@@ -193,8 +202,9 @@ def cmd(a: argparse.Namespace) -> int:
         keys = [k for k in ("total", "approximation_bound", "optimisation_lower_bound", "witness_error", "witness_gap",
                             "propagated_estimate", "lipschitz") if k in report]
         table = report[keys].sel(step=hs).mean("trajectory").to_dataframe()[keys]
+        unstable = "" if report.attrs.get("witness_stable", 1) else "; UNSTABLE at the data's dt: its columns mean nothing"
         print(f"witness: {report.attrs['witness']} ({'in' if report.attrs['witness_in_class'] else 'NOT in'} the "
-              f"model's class; {report.attrs['witness_hidden']} hidden channels)")
+              f"model's class; {report.attrs['witness_hidden']} hidden channels{unstable})")
         print("means over trajectories, relative to the reference norm:")
         if not a.no_bound:
             bound = bound_mod.error_bound(model, a.data, **common)
@@ -202,6 +212,11 @@ def cmd(a: argparse.Namespace) -> int:
         print(table.to_string())
         if a.cmd == "split":
             print(split_mod.split_verdict(report))
+            base = evaluation.evaluate(model, a.data, baselines=True, **common).sel(step=a.steps).mean("trajectory")
+            fd = f"; the finite-difference network {float(base['fd_network_rel_l2']):.4g}" if (
+                "fd_network_rel_l2" in base) else ""
+            print(f"beside the baselines at step {a.steps}: this model {float(base['rel_l2']):.4g}; persistence "
+                  f"(u_n = u_0) {float(base['persistence_rel_l2']):.4g}{fd}")
         if bound is not None:
             keys = [k for k in ("total", "bound", "bound_approximation", "bound_optimisation", "bound_reference")
                     if k in bound]
@@ -240,8 +255,16 @@ def identify_cmd(a: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line that names the tool, not a source path."""
+    print(f"pdesurrogate: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pdesurrogate`` console script."""
+    import warnings
+
+    warnings.showwarning = _one_line_warning
     try:
         a = build_parser().parse_args(argv)
         if a.cmd == "train":

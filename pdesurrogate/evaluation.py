@@ -32,13 +32,13 @@ from .errors import SurrogateError
 from .metrics import CORRELATION_THRESHOLD, METRIC_NAMES, METRICS, correlation_time
 from .source import check_memory as _check_memory
 
-__all__ = ["evaluate", "summarize", "rollout_error", "METRIC_NAMES"]
+__all__ = ["evaluate", "summarize", "rollout_error", "relative_to", "METRIC_NAMES"]
 
 
 # -- evaluate --------------------------------------------------------------------------------
 def evaluate(model: Any, data: Any, steps: int | None = None, trajectories: Sequence[int] | None = None,
              batch_size: int = 32, device: str | torch.device = "auto", dtype: torch.dtype | None = None,
-             progress: bool = False, split: str = "test"):
+             progress: bool = False, split: str = "test", baselines: bool = False):
     """Roll ``model`` out from each trajectory's frame 0 and score steps ``1..steps``.
 
     Args:
@@ -57,28 +57,42 @@ def evaluate(model: Any, data: Any, steps: int | None = None, trajectories: Sequ
         dtype: rollout dtype (default: the model's; float64 for arrays and plain callables).
         progress: show a progress bar.
         split: the split of a dataset folder to score (default ``"test"``).
+        baselines: also score the finite-difference network of a Surrogate's class when the data
+            carry their PDE (``fd_network_rel_l2``: one more rollout).
 
     Returns an ``xarray.Dataset`` with dims ``(trajectory, step)``, one variable per metric of
     :data:`pdesurrogate.metrics.METRICS` (``mse``, ``max_error``, ``rel_l2``, The Well's ``nrmse``,
     ``vrmse``, ``pearson`` and ``band_low/mid/high``, APEBench's ``nrmse_ape``), ``field_*``
     variants over a ``field`` dim when there are several fields, and ``correlation_time`` per
-    trajectory (first step with ``pearson < 0.8``; ``steps + 1`` when it never drops). Frame 0 is
-    never scored.
+    trajectory (first step with ``pearson < 0.8``; ``steps + 1`` when it never drops),
+    ``persistence_rel_l2`` (the baseline ``u_n = u_0``) and ``ref_norm`` (``||u_n||``, what
+    ``rel_l2`` is relative to). Frame 0 is never scored; ``attrs["non_finite_trajectories"]``
+    counts rollouts that blew up (``summarize`` never averages them).
     """
     import xarray as xr
 
     src, steps, idx, dev, stepper = _prepare_stepper(model, data, steps, trajectories, device, dtype, split)
     _check_memory(src, steps, batch_size)
     F = src.n_fields
-    out = {m.name: np.empty((idx.size, steps)) for m in METRICS}
+    out = {k: np.empty((idx.size, steps)) for k in (*METRIC_NAMES, "persistence_rel_l2", "ref_norm")}
     per_field = {m.name: np.empty((idx.size, steps, F)) for m in METRICS} if F > 1 else {}
     bar = _progress(idx.size, "evaluate", progress)
     row = 0
+    stability = None
     for b in _batches(idx, batch_size):
         ref = torch.as_tensor(src.read(b, steps), device=dev)
+        if row == 0 and stepper.surrogate is not None:
+            from .stability import warn_if_unstable
+
+            stability = warn_if_unstable(stepper.surrogate, ref[:, 0].cpu().numpy())
         u = ref[:, 0].to(stepper.dtype)
         cols: dict[str, list] = {m.name: [] for m in METRICS}
         fcols: dict[str, list] = {m.name: [] for m in METRICS}
+        rel = METRICS[METRIC_NAMES.index("rel_l2")]
+        out["persistence_rel_l2"][row:row + b.size] = torch.stack(
+            [rel.joint(ref[:, 0], ref[:, n]) for n in range(1, steps + 1)], 1).cpu().numpy()
+        out["ref_norm"][row:row + b.size] = torch.stack(
+            [torch.linalg.vector_norm(ref[:, n].flatten(1), dim=1) for n in range(1, steps + 1)], 1).cpu().numpy()
         for n in range(1, steps + 1):
             u = stepper.next(u, n, b)
             pred = u.to(torch.float64)
@@ -99,11 +113,28 @@ def evaluate(model: Any, data: Any, steps: int | None = None, trajectories: Sequ
         coords["field"] = list(src.fields) or list(range(F))
         data_vars.update({f"field_{k}": (("trajectory", "step", "field"), v) for k, v in per_field.items()})
     data_vars["correlation_time"] = ("trajectory", correlation_time(torch.as_tensor(out["pearson"])).numpy())
-    ds = xr.Dataset(data_vars, coords=coords, attrs=_attrs(model, src, {"model_kind": stepper.name}))
+    bad = ~np.isfinite(out["rel_l2"]).all(axis=1)
+    extra = {"model_kind": stepper.name, "non_finite_trajectories": int(bad.sum()),
+             "first_non_finite_step": int(np.argmax(~np.isfinite(out["rel_l2"][bad]).any(axis=0)) + 1) if bad.any() else 0}
+    if stability is not None:
+        extra.update({"step_stable": int(stability.stable), "step_amplification": stability.amplification,
+                      "stable_substeps": stability.needed or 0})
+    ds = xr.Dataset(data_vars, coords=coords, attrs=_attrs(model, src, extra))
     for m in METRICS:
         ds[m.name].attrs["long_name"] = m.long_name
     ds["correlation_time"].attrs["long_name"] = (f"first step with pearson < {CORRELATION_THRESHOLD} "
                                                  f"({steps + 1}: not within the horizon)")
+    ds["persistence_rel_l2"].attrs["long_name"] = "rel_l2 of persistence (u_n = u_0): the baseline to beat"
+    ds["ref_norm"].attrs["long_name"] = "||u_n||, what rel_l2 is relative to"
+    if baselines and stepper.surrogate is not None and src.pde is not None and src.grid is not None:
+        from .witness import fd_network
+
+        fd = fd_network(stepper.surrogate, src.pde, src.grid)
+        if fd is not None:
+            base = evaluate(fd, data, steps=steps, trajectories=idx, batch_size=batch_size, device=device,
+                            dtype=dtype, split=split)
+            ds["fd_network_rel_l2"] = base["rel_l2"]
+            ds["fd_network_rel_l2"].attrs["long_name"] = "rel_l2 of the finite-difference network of the class"
     return ds
 
 
@@ -116,7 +147,8 @@ def rollout_error(model: Any, data: Any, steps: int, trajectories: Sequence[int]
 
 
 def summarize(report, horizons: Sequence[int] | None = None, metrics: Sequence[str] | None = None):
-    """A small table (``pandas.DataFrame``): mean, median and max over trajectories per metric and horizon."""
+    """A small table (``pandas.DataFrame``): mean, median and max over the finite trajectories per
+    metric and horizon; a ``non_finite`` column counts the others when a rollout blew up."""
     import pandas as pd
 
     steps = [int(s) for s in report["step"].values]
@@ -130,8 +162,24 @@ def summarize(report, horizons: Sequence[int] | None = None, metrics: Sequence[s
     for m in metrics:
         for h in horizons:
             v = report[m].sel(step=h).values
-            rows.append({"metric": m, "step": h, "mean": float(np.mean(v)), "median": float(np.median(v)),
-                         "max": float(np.max(v))})
-    return pd.DataFrame(rows).set_index(["metric", "step"])
+            ok = v[np.isfinite(v)]  # a blown-up trajectory is counted, never averaged
+            row = {"metric": m, "step": h, "mean": float(np.mean(ok)) if ok.size else float("nan"),
+                   "median": float(np.median(ok)) if ok.size else float("nan"),
+                   "max": float(np.max(ok)) if ok.size else float("nan")}
+            if ok.size < v.size:
+                row["non_finite"] = int(v.size - ok.size)
+            rows.append(row)
+    table = pd.DataFrame(rows).set_index(["metric", "step"])
+    if "non_finite" in table:
+        table["non_finite"] = table["non_finite"].fillna(0).astype(int)
+    return table
 
 
+
+
+def relative_to(report) -> str:
+    """One line saying what ``rel_l2`` is relative to and how that norm moves over the horizon."""
+    n = report["ref_norm"].mean("trajectory").values
+    steps = report["step"].values
+    return (f"rel_l2 = ||pred - ref|| / ||ref|| at each step; the mean ||ref|| goes from {n[0]:.4g} at step "
+            f"{steps[0]} to {n[-1]:.4g} at step {steps[-1]} ({n[-1] / n[0]:.3g}x)")

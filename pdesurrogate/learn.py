@@ -256,6 +256,9 @@ def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any
     rows: list[tuple[str, int, float, float]] = []
     t0 = time.perf_counter()
     frames = _frames(train, START_PAIRS, rc.seed)
+    from .stability import warn_if_unstable
+
+    warn_if_unstable(model, frames[:, 0].numpy())
     fit = data_start(model, frames, rc.margin)
     v0 = score()
     with torch.no_grad():

@@ -85,6 +85,14 @@ def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate
                       "its error is then no bound on the class's approximation error", stacklevel=2)
     if abs(witness.dt - model.dt) > 1e-12 * model.dt:
         raise SurrogateError(f"the witness steps dt={witness.dt:.6g}, the model dt={model.dt:.6g}")
+    from .stability import probe_states, step_stability
+
+    first = src.read(idx[:1], 0)[:, 0] if src.n_time else None
+    st = step_stability(witness, probe_states(first), tuple(src.shape)) if first is not None else None
+    meta["witness_stable"] = int(st is None or st.stable)
+    if not meta["witness_stable"]:
+        warnings.warn(f"the witness ({meta['witness']}) is unstable at the data's dt: "
+                      f"{st.message(witness.dt).split(': ', 1)[1]}; its error is no bound on anything", stacklevel=2)
     iters = 0 if lipschitz is False else (TRACK if lipschitz is True else int(lipschitz))
     N, E = _cast(model, dev, dtype), _cast(witness, dev, dtype)
     names = list(SPLIT_VARS) + (["lipschitz", "propagated_estimate"] if iters else [])
@@ -98,7 +106,7 @@ def error_split(model: Surrogate, data: Any, steps: int = 40, witness: Surrogate
             bar.update(b.size)
     bar.close()
     members, errors = ["model"], [out["total"]]
-    if meta["witness_in_class"]:
+    if meta["witness_in_class"] and meta["witness_stable"] and np.isfinite(out["witness_error"]).all():
         members.append(str(meta["witness"]))
         errors.append(out["witness_error"])
     for name, net in (others or {}).items():
@@ -178,6 +186,9 @@ def split_verdict(split) -> str:
     m = split.sel(step=last).mean("trajectory")
     total, app, opt = float(m["total"]), float(m["approximation_bound"]), float(m["optimisation_lower_bound"])
     who = split.attrs.get("approximation_bound_attained_by", "?")
+    if not split.attrs.get("witness_stable", 1):
+        return (f"the witness ({split.attrs.get('witness')}) is unstable at the data's dt: its columns mean nothing "
+                f"and the class's approximation error is bounded only by this model's own {total:.4g} at step {last}")
     if split.attrs.get("model_is_best_known"):
         return (f"training found a better member of the class than any construction: the class's best is at most "
                 f"{total:.4g} at step {last} (this model); the optimisation error is not bounded away from zero")

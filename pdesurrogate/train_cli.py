@@ -246,12 +246,19 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
         import pandas as pd
 
         hs = sorted({h for h in (1, 10, a.steps) if 1 <= h <= a.steps})
-        rep = evaluation.evaluate(model, test_file, steps=a.steps)
+        rep = evaluation.evaluate(model, test_file, steps=a.steps, baselines=True)
         table = evaluation.summarize(rep, hs).loc["rel_l2"]
+        shown = [m for m in ("rel_l2", "persistence_rel_l2", "fd_network_rel_l2") if m in rep]
+        beside = evaluation.summarize(rep, hs, metrics=shown)["mean"].unstack("metric")[shown]
+        beside.columns = [{"rel_l2": "this model", "persistence_rel_l2": "persistence",
+                           "fd_network_rel_l2": "FD network"}[c] for c in shown]
         keys = ["total", "approximation_bound", "optimisation_lower_bound", "witness_error", "witness_gap"]
         with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
             print(f"\nrelative L2 error on {test_file} (over {rep.sizes['trajectory']} trajectories):")
             print(table.to_string())
+            print("\nmeans beside the baselines (persistence u_n = u_0; the finite-difference network of the class):")
+            print(beside.to_string())
+            print(evaluation.relative_to(rep))
             if probe.pde is not None:  # the split needs the PDE for its witness
                 split = split_mod.error_split(model, test_file, steps=a.steps)
                 print(f"\nerror split (witness: {split.attrs['witness']}), means over trajectories:")
@@ -271,16 +278,10 @@ def _against_fd(model, data, test_file, steps: int, mine: float) -> str | None:
     """One line setting ``mine`` (test rel_l2 at ``steps``) beside the finite-difference network of
     the model's class, built from the data's PDE (None when the data carry none)."""
     from . import evaluation
-    from .exact import exact_surrogate
+    from .witness import fd_network
 
-    if data.pde is None:
-        return None
-    powers = tuple(sorted(set(model.vector_field.act.powers)))
-    try:
-        fd = exact_surrogate(data.pde, data.grid, model.dt, substeps=model.substeps, integrator=model.integrator,
-                             accuracy=2, powers=powers if powers in ((1,), (2,)) else None, truncate=False,
-                             dtype=next(model.parameters()).dtype)
-    except SurrogateError:
+    fd = fd_network(model, data.pde, data.grid) if data.pde is not None else None
+    if fd is None:
         return None
     ref = evaluation.rollout_error(fd, test_file, steps)
     ratio = ref / mine if mine > 0 else math.inf

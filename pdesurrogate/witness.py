@@ -12,7 +12,7 @@ from .exact import exact_surrogate
 from .membership import witness_in_class
 from .model import Surrogate
 
-__all__ = ["default_witness"]
+__all__ = ["default_witness", "fd_network"]
 
 
 def default_witness(model: Surrogate, pde: PDE, grid: Grid) -> tuple[Surrogate, dict[str, Any]]:
@@ -51,3 +51,16 @@ def default_witness(model: Surrogate, pde: PDE, grid: Grid) -> tuple[Surrogate, 
     return first
 
 
+
+
+def fd_network(model: Surrogate, pde: PDE, grid: Grid) -> Surrogate | None:
+    """The finite-difference network of ``model``'s class: the exact network of the five-point
+    scheme with the model's integrator, substeps and activation powers (None when the PDE has no
+    such network), the baseline a trained model must beat."""
+    powers = tuple(sorted(set(getattr(getattr(model.vector_field, "act", None), "powers", ()) or ())))
+    try:
+        return exact_surrogate(pde, grid, model.dt, substeps=model.substeps, integrator=model.integrator,
+                               accuracy=2, powers=powers if powers in ((1,), (2,)) else None, truncate=False,
+                               dtype=next(model.parameters()).dtype)
+    except SurrogateError:
+        return None

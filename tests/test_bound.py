@@ -73,8 +73,7 @@ def test_bound_holds_for_exact_perturbed_trained_and_outside_fisher_models(files
     exact = _fisher_exact()
     trained = ps.build_surrogate(hidden=10, kernel_size=5, powers=(2,), substeps=3, dt=PAPER_DT,
                                  spacing=G32.spacing, init="stencil", dtype=torch.float64)
-    frames = torch.as_tensor(datagen.open_dataset(files["fisher"])["u"].values[:, :3, None], dtype=torch.float64)
-    ps.data_start(trained, frames)  # fitted to the data by least squares
+    ps.learn(trained, files["fisher"], None, ps.Recipe(lbfgs=5, windows=8), log=None)  # the default recipe, short
     models = {"exact": exact, "perturbed": _perturbed(exact), "trained": trained, "outside": PlainCNN()}
     for name, m in models.items():
         rep = ps.error_bound(m, files["fisher"], steps=steps, trajectories=[0, 1])

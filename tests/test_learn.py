@@ -144,10 +144,12 @@ def test_cli_trains_by_the_default_recipe_and_compares_with_the_fd_network(folde
     assert "recipe default" in p.stdout and "L-BFGS 20/20" in p.stdout
     assert "finite-difference network of the same class" in p.stdout and "x lower" in p.stdout
     assert "learned: u_t = " in p.stdout and "data:    u_t = 0.01*(u_xx + u_yy) + u - u^2" in p.stdout
-    total = float(p.stdout.split("\n10 ")[-1].split()[0])  # the split table's row at step 10: total first
-    beats = "training found a better member of the class than the witness" in p.stdout
-    witness = float(p.stdout.split("\n10 ")[-1].split()[1])
+    assert "persistence" in p.stdout and "FD network" in p.stdout and "rel_l2 = ||pred - ref|| / ||ref||" in p.stdout
+    row = p.stdout.split("\n10 ")[-1].split()  # the split table's row at step 10
+    total, bound, witness = float(row[0]), float(row[1]), float(row[3])  # total, approximation_bound, ..., witness_error
+    beats = "better member of the class than any construction" in p.stdout
     assert beats == (total < witness), p.stdout
+    assert bound == min(total, witness)
     q = _cli("identify", tmp_path / "run", folder)
     assert q.returncode == 0 and q.stdout.startswith("learned: u_t = "), q.stderr
     m = ps.load(tmp_path / "run" / "model.pt", dtype=torch.float64)

@@ -226,8 +226,9 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
             hist = learn(model, train, valid_file, cfg["recipe"], checkpoint=out,
                          log=None if a.quiet else (lambda line: print(line, flush=True)))
         else:
+            # the CLI owns its process: it may tune the allocator, which the library leaves alone
             hist = fit(model, train, valid_file, checkpoint=out, resume=a.resume, progress=progress, log=not a.quiet,
-                       **cfg["fit"])
+                       **{"tune_malloc": True, **cfg["fit"]})
     except SurrogateError:
         # refused before any checkpoint: leave no run folder behind that holds only its description
         if rank == 0 and fresh and {p.name for p in out.iterdir()} <= {"run.json", RUN_LOCK}:

@@ -221,7 +221,7 @@ def malloc_tuned(enabled: bool = True) -> Iterator[bool]:
 def _with_tuned_malloc(fn):
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        with malloc_tuned(kwargs.get("tune_malloc", True) is True):
+        with malloc_tuned(kwargs.get("tune_malloc", False) is True):
             return fn(*args, **kwargs)
     return run
 
@@ -236,7 +236,7 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
         valid_steps: int | None = None, valid_trajectories: Sequence[int] | None = None,
         checkpoint: str | os.PathLike | None = None, resume: bool = False, device: str | torch.device = "auto",
         dtype: torch.dtype | None = None, seed: int = 0, progress: bool = True, log: bool | None = None,
-        num_workers: int = 0, tune_malloc: bool = True):
+        num_workers: int = 0, tune_malloc: bool = False):
     """Train ``model`` in place on the windows of ``train``; return the history (``xarray.Dataset``).
 
     Args:
@@ -285,10 +285,11 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
         progress: a tqdm bar per epoch with the running loss.
         log: print one line per epoch (loss, validation error); default: as ``progress``.
         num_workers: DataLoader workers.
-        tune_malloc: while ``fit`` runs, glibc's malloc keeps freed blocks of up to 32 MB for
-            reuse instead of unmapping them or trimming the heap (see :func:`malloc_tuned`);
-            about 1.15x the training throughput here (docs/benchmarks.md). False leaves malloc
-            alone.
+        tune_malloc: True: while ``fit`` runs, glibc's malloc keeps freed blocks of up to 32 MB
+            for reuse instead of unmapping them or trimming the heap (see :func:`malloc_tuned`);
+            about 1.15x the training throughput here (docs/benchmarks.md). Off by default: a
+            library call leaves its caller's process as it found it; ``pdesurrogate train``
+            turns it on in its own process.
 
     At the end the model holds the weights of the best validation error (the last ones without
     ``valid``). The history has one row per epoch: ``loss``, ``valid``, ``lr``, ``unroll``,
@@ -384,7 +385,7 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
     elif resume and ckpt is None:
         raise SurrogateError("resume=True needs checkpoint= (the folder of last.pt)")
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # not tqdm.auto: in notebooks it warns without ipywidgets
 
     stop_reason = "epochs" if start < epochs else "already complete (resumed after the last epoch)"
     if epochs == 0:

@@ -109,6 +109,14 @@ def test_the_default_recipe_beats_the_finite_difference_network_and_its_start(fo
         hist.attrs["best_valid"], rel=1e-12)
 
 
+def test_progress_lines_for_lbfgs_and_levenberg_marquardt_without_a_terminal(folder):
+    lines = []
+    ps.train(folder, {"lbfgs": 4, "windows": 4, "check": 2, "lm": 2, "lm_windows": 2}, log=lines.append)
+    assert any(line.startswith("L-BFGS 2/4") for line in lines) and any(line.startswith("L-BFGS 4/4") for line in lines)
+    assert any(line.startswith("Levenberg-Marquardt 1/2") for line in lines), lines
+    assert any(line.startswith("Levenberg-Marquardt 2/2") for line in lines), lines
+
+
 def test_the_default_recipe_is_reproducible(folder):
     a, _ = ps.train(folder, {"lbfgs": 10, "windows": 8, "check": 5}, log=None)
     b, _ = ps.train(folder, {"lbfgs": 10, "windows": 8, "check": 5}, log=None)

@@ -34,3 +34,20 @@ def test_every_notebook_has_tiny_parameters_and_committed_outputs():
 def test_notebook_runs(path, tmp_path):
     papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters=TINY[path.stem], cwd=str(tmp_path),
                                kernel_name="python3", progress_bar=False)
+
+
+def test_no_committed_output_holds_a_machine_path_or_a_stderr_stream():
+    import json
+    import re
+
+    bad = []
+    for path in NOTEBOOKS:
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                    bad.append(f"{path.name} cell {i}: a stderr stream")
+                data = out.get("data", {})
+                text = "".join(out.get("text", [])) + "".join("".join(data.get(k, [])) for k in ("text/plain", "text/html"))
+                for m in re.findall(r"(?<![\w.])/(?:tmp|home|root|work|usr|opt|var|Users)/[^\s\"']+", text):
+                    bad.append(f"{path.name} cell {i}: {m}")
+    assert not bad, bad

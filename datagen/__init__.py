@@ -13,7 +13,8 @@ from .modified import modified_equation
 from .parse import parse_pde
 from .pde import PDE, Derivative, Term
 from .semidiscrete import SemiDiscrete
-from .store import dataset_file, open_dataset, read_provenance, validate
+from .store import dataset_file, open_dataset, read_provenance
+from .validation import validate
 from .version import __version__
 
 __all__ = [

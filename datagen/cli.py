@@ -287,7 +287,8 @@ def cmd_info(path: str) -> int:
 
 def _info(path: str) -> int:
     from .pde import PDE
-    from .store import read_provenance, validate
+    from .store import read_provenance
+    from .validation import validate
 
     prov = read_provenance(path)
     rep = validate(path)
@@ -324,7 +325,8 @@ def _info(path: str) -> int:
 
 def cmd_validate(path: str, deep: bool = False, samples: int = 2) -> int:
     """Validate a dataset (each split of a folder and its stats.yaml, or one file); exit 1 when invalid."""
-    from .store import dataset_files, validate
+    from .store import dataset_files
+    from .validation import validate
 
     if samples < 1:
         raise DatagenError(f"--samples {samples} must be at least 1")

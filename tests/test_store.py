@@ -426,7 +426,7 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_allocating(tmp_path
 
 
 def test_growth_bound_solves_the_comparison_ode():
-    from datagen.store import _growth_bound
+    from datagen.validation import _growth_bound
 
     # Fisher: m' = m + m^2 from m0, solved exactly: m0 e^t / (1 + m0 - m0 e^t), blowing up at ln(1 + 1/m0)
     t = 0.096

@@ -49,7 +49,7 @@ sys.path = [p for p in sys.path if p not in ("", _HERE)]
 import datagen  # noqa: E402
 import pdesurrogate as ps  # noqa: E402
 from pdesurrogate import stencil_conv, vector_field  # noqa: E402
-from pdesurrogate.training import window_loss  # noqa: E402
+from pdesurrogate.losses import window_loss  # noqa: E402
 
 sys.path.append(_HERE)
 from _common import machine, median_time, table, write_json  # noqa: E402

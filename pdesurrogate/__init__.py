@@ -16,11 +16,14 @@ from .integrators import INTEGRATORS
 from .learn import Recipe, data_start, learn, train
 from .lipschitz import lipschitz_estimate
 from .membership import witness_in_class
-from .model import Surrogate, SurrogateConfig, build_surrogate, load, save
+from .checkpoint import load, save
+from .model import Surrogate, SurrogateConfig, build_surrogate
 from .published import KEY_MAP, load_published, published_config
 from .split import error_split, split_verdict
 from .stencil_conv import BoundaryPad, StencilConv2d
-from .training import fit, malloc_tuned, window_loss
+from .allocator import malloc_tuned
+from .losses import window_loss
+from .training import fit
 from .vector_field import ConvVectorField
 from .version import __version__
 from .witness import default_witness

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(a: argparse.Namespace):
     import torch
 
-    from .model import load
+    from .checkpoint import load
     from .published import load_published
 
     dtype = torch.float64 if a.float64 else None
@@ -247,7 +247,7 @@ def identify_cmd(a: argparse.Namespace) -> int:
     import torch
 
     from .identify import identify
-    from .model import load
+    from .checkpoint import load
 
     path = Path(a.model)
     model = load(path / "model.pt" if path.is_dir() else path, dtype=torch.float64)

@@ -37,8 +37,9 @@ from .data import WindowDataset
 from .errors import SurrogateError
 from .evaluation import rollout_error
 from .gauss_newton import lm_polish
-from .model import Surrogate, build_surrogate, save
-from .training import lbfgs_polish
+from .checkpoint import save
+from .model import Surrogate, build_surrogate
+from .polish import lbfgs_polish
 from .vector_field import ConvVectorField
 
 __all__ = ["Recipe", "learn", "train", "data_start"]

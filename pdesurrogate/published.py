@@ -26,7 +26,8 @@ from typing import Any, Mapping
 import torch
 
 from .errors import SurrogateError
-from .model import Surrogate, build_surrogate, read_tensors
+from .checkpoint import read_tensors
+from .model import Surrogate, build_surrogate
 
 __all__ = ["KEY_MAP", "published_config", "load_published"]
 

@@ -206,7 +206,7 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
     """The training itself, the final weights and the test report (rank 0 writes and prints)."""
     from . import evaluation
     from . import split as split_mod
-    from .model import save
+    from .checkpoint import save
     from .training import fit
 
     if rank == 0:

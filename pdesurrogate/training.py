@@ -15,100 +15,34 @@ on the same global batch.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import math
 import os
 import time
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from .allocator import malloc_tuned
 from .data import WindowDataset, receptive_halo
-from .errors import SurrogateError
 from .devices import resolve_device as _device
-from .evaluation import rollout_error
+from .distributed import allreduce as _allreduce, rank_world as _dist, sync_grads as _sync_grads
+from .errors import SurrogateError
 from .gauss_newton import lm_polish
-from .model import Surrogate, load_training_state, save
+from .losses import LOSSES, stream_seed as _seed, window_loss
+from .checkpoint import load_training_state, save
+from .model import Surrogate
+from .polish import _polish_windows, _valid_error, lbfgs_polish
 
-__all__ = ["fit", "window_loss", "malloc_tuned", "lbfgs_polish", "LOSSES"]
+__all__ = ["fit"]
 
-LOSSES = ("mse", "relative")
 SCHEDULES = (None, "none", "cosine", "plateau")
 # options that must agree between a checkpoint and the run that resumes it
 _RESUME_KEYS = ("epochs", "batch_size", "unroll", "curriculum", "loss", "noise", "lr", "schedule", "clip", "seed", "dtype",
                 "weight_decay", "model", "data", "valid")
-
-
-def _center(x: torch.Tensor, size: int) -> torch.Tensor:
-    dx, dy = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-    return x[..., dx: dx + size, dy: dy + size]
-
-
-def window_loss(model: Surrogate, windows: torch.Tensor, steps: int, loss: str = "mse", noise: float = 0.0,
-                seeds: Sequence[int] | None = None, crop: int | None = None) -> torch.Tensor:
-    """Per-window loss ``(batch,)`` of ``steps`` unrolled steps from ``windows[:, 0]``.
-
-    Args:
-        windows: ``(batch, >= steps + 1, fields, x, y)``.
-        loss: ``mse`` (mean over steps, fields and cells of the squared error) or ``relative``
-            (mean over steps of ``||pred - ref|| / ||ref||``).
-        noise: standard deviation of Gaussian noise added to the input, relative to each
-            window's root-mean-square value.
-        seeds: one seed per window for its noise (so a window's noise does not depend on the
-            batch or the process it lands in).
-        crop: score the central ``crop x crop`` cells, stepping with unpadded convolutions (the
-            windows then carry the receptive halo around the patch).
-    """
-    u = windows[:, 0]
-    if noise:
-        seeds = list(seeds) if seeds is not None else list(range(u.shape[0]))
-        rms = u.flatten(1).pow(2).mean(1).sqrt().view(-1, 1, 1, 1)
-        eps = torch.stack([torch.randn(u.shape[1:], generator=torch.Generator().manual_seed(int(s)), dtype=u.dtype)
-                           for s in seeds]).to(u.device)
-        u = u + noise * rms * eps
-    terms = []
-    ctx = model.unpadded() if crop is not None else nullcontext()
-    with ctx:
-        for j in range(1, steps + 1):
-            u = model(u)
-            ref = windows[:, j]
-            if crop is not None:
-                pred, ref = _center(u, crop), _center(ref, crop)
-            else:
-                pred = u
-            err = (pred - ref).flatten(1)
-            if loss == "mse":
-                terms.append(err.pow(2).mean(1))
-            else:
-                terms.append(err.norm(dim=1) / ref.flatten(1).norm(dim=1).clamp(min=torch.finfo(ref.dtype).tiny))
-    return torch.stack(terms, 1).mean(1)
-
-
-def _dist() -> tuple[int, int]:
-    d = torch.distributed
-    if d.is_available() and d.is_initialized():
-        return d.get_rank(), d.get_world_size()
-    return 0, 1
-
-
-def _allreduce(t: torch.Tensor) -> torch.Tensor:
-    if _dist()[1] > 1:
-        torch.distributed.all_reduce(t)
-    return t
-
-
-def _sync_grads(params: Sequence[torch.nn.Parameter]) -> None:
-    if _dist()[1] == 1:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        torch.distributed.all_reduce(p.grad)
 
 
 def _phase(curriculum: Sequence[int], epoch: int, epochs: int) -> int:
@@ -171,51 +105,6 @@ def _check(model: Surrogate, train: WindowDataset, steps_max: int, loss: str, sc
         if train.halo < need:
             raise SurrogateError(f"crops need a halo of {need} cells for {steps_max} steps of this model, the "
                                  f"dataset has {train.halo}: WindowDataset(..., crop={train.crop}, halo={need})")
-
-
-def _valid_error(model: Surrogate, valid: Any, steps: int, trajectories, device, dtype) -> float:
-    return rollout_error(model, valid, steps, trajectories, device, dtype)
-
-
-_MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
-_malloc_depth = 0
-
-
-@contextmanager
-def malloc_tuned(enabled: bool = True) -> Iterator[bool]:
-    """Within this block glibc's malloc serves blocks of up to 32 MB from its heap and keeps the
-    freed ones for reuse (yields True).
-
-    torch frees and allocates the same few-MB temporaries many times per training iteration;
-    glibc maps blocks above its (adaptive) threshold afresh and trims the heap's free top, paying
-    page faults each time. This sets ``M_MMAP_THRESHOLD`` to 32 MB (glibc's ceiling, where its
-    own adaptation ends) and ``M_TRIM_THRESHOLD`` to 2 GB with ``mallopt``. At the block's end
-    the mmap threshold stays at 32 MB and the trim threshold goes to 64 MB, twice that, as
-    glibc's adaptation would set them after freeing a 32 MB block, so the process returns its
-    free memory again (glibc has no call that restores the adaptation). Yields False and
-    changes nothing off glibc, when ``enabled`` is False, or where the environment sets malloc's
-    thresholds itself (``MALLOC_*_``, ``GLIBC_TUNABLES``).
-    """
-    global _malloc_depth
-    libc = None
-    if enabled and not _malloc_depth and not any(k in os.environ for k in _MALLOC_VARS):
-        try:
-            if os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
-                libc = ctypes.CDLL(None)
-                libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        except (AttributeError, OSError, ValueError):
-            libc = None
-    if libc is None:
-        yield bool(_malloc_depth)
-        return
-    _malloc_depth += 1
-    try:
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
-        yield bool(ok)
-    finally:
-        _malloc_depth -= 1
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
 
 
 def _with_tuned_malloc(fn):
@@ -489,141 +378,3 @@ def fit(model: Surrogate, train: WindowDataset, valid: WindowDataset | str | os.
     if ckpt is not None and rank == 0:
         save(model, ckpt / "final.pt", provenance=train.provenance)
     return ds
-
-
-def _gauss_newton_scales(model, windows, params, crop, seed, probes: int = 8) -> list[torch.Tensor]:
-    """Square roots of the Gauss-Newton diagonal ``diag(J^T J)`` of one step over ``windows``.
-
-    Hutchinson's estimate: ``E[(J^T v)^2]`` over Rademacher probes ``v`` (seeded). Entries are
-    floored at 1e-3 of the median, so that parameters the windows hardly see keep a finite scale.
-    """
-    g = torch.Generator().manual_seed(_seed(seed, 10 ** 6, 1))
-    acc = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    ctx = model.unpadded() if crop is not None else nullcontext()
-    if windows is not None:
-        for _ in range(probes):
-            for chunk in windows.split(16):
-                with ctx:
-                    out = model(chunk[:, 0])
-                v = (torch.randint(0, 2, out.shape, generator=g) * 2 - 1).to(out.dtype).to(out.device)
-                for a, gr in zip(acc, torch.autograd.grad((out * v).sum(), params, allow_unused=True)):
-                    if gr is not None:
-                        a += gr.detach().to(torch.float64).pow(2)
-    for a in acc:
-        _allreduce(a)
-    d = [(a / probes).sqrt() for a in acc]
-    flat = torch.cat([x.flatten() for x in d])
-    positive = flat[torch.isfinite(flat) & (flat > 0)]
-    if not len(positive):
-        return [torch.ones_like(p) for p in params]
-    floor = float(positive.median()) * 1e-3
-    return [torch.nan_to_num(x, nan=floor, posinf=floor).clamp(min=floor).to(p.dtype) for x, p in zip(d, params)]
-
-
-def _seed(seed: int, epoch: int, stream: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(1)[0])
-
-
-# what the L-BFGS closure returns for an overflowing trial step: far above the loss scaled to 1,
-# yet small enough that the line search's cubic interpolation stays finite in float32
-_OVERFLOW = 1e10
-
-
-def _polish_windows(train, n: int, seed: int, dev) -> tuple[list[int], torch.Tensor | None]:
-    """The polish's ``n`` windows (seeded; a prefix of any larger draw) and this process's share."""
-    rank, world = _dist()
-    g = torch.Generator().manual_seed(_seed(seed, 10 ** 6, 0))
-    pick = torch.randperm(len(train), generator=g)[:n].tolist()
-    mine = pick[rank::world]
-    return pick, (torch.stack([train[i] for i in mine]).to(dev) if mine else None)
-
-
-def lbfgs_polish(model, train, params, iterations, n_windows, check, precondition, steps, loss, seed, dev, valid_src,
-                 valid_steps, valid_trajectories, dtype, best_state, best,
-                 on_check: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
-    """L-BFGS on ``n_windows`` windows of ``train`` (see ``fit(lbfgs=...)``); ``on_check(i, loss, valid)``
-    hears of every validation check."""
-    pick, windows = _polish_windows(train, n_windows, seed, dev)
-    before = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    check = check if valid_src is not None else iterations
-    gn_scales = _gauss_newton_scales(model, windows, params, train.crop, seed) if precondition else None
-    # with gn_scales, L-BFGS works on q = scale * p and the closure maps q back to the model
-    leaves = [torch.nn.Parameter(p.detach() * s) for p, s in zip(params, gn_scales)] if gn_scales else params
-
-    def to_model() -> None:
-        if gn_scales:
-            with torch.no_grad():
-                for p, q, s in zip(params, leaves, gn_scales):
-                    p.copy_(q / s)
-
-    opt = torch.optim.LBFGS(leaves, lr=1.0, max_iter=min(check, iterations), history_size=50,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-15)
-
-    scale, overflowed = [1.0], [False]
-
-    def closure():
-        to_model()
-        for p in params:
-            p.grad = None
-        part = torch.zeros((), dtype=torch.float64, device=dev)
-        if windows is not None:
-            # the graph of a chunk holds chunk x steps states: long windows go a few at a time
-            for chunk in windows.split(max(1, min(16, 64 // steps))):
-                per = window_loss(model, chunk[:, : steps + 1], steps, loss, crop=train.crop)
-                val = per.sum() / (len(pick) * scale[0])
-                val.backward()
-                part = part + val.detach().to(torch.float64)
-        _sync_grads(params)
-        total = _allreduce(part)
-        overflowed[0] = not bool(torch.isfinite(total))
-        if overflowed[0]:
-            # a trial step whose rollout overflowed: a large finite value makes the line search
-            # step back, where NaN would end in NaN weights
-            for q in leaves:
-                q.grad = torch.zeros_like(q)
-            return torch.tensor(_OVERFLOW, dtype=dtype, device=dev)
-        if gn_scales:
-            for p, q, s in zip(params, leaves, gn_scales):
-                q.grad = p.grad / s if p.grad is not None else torch.zeros_like(q)
-        return total.to(dtype)
-
-    first = float(closure())
-    if overflowed[0]:
-        raise SurrogateError("the L-BFGS windows' loss is not finite at the start: the model's rollout overflows; "
-                             "train with Adam first or start from a stable model")
-    # L-BFGS's first step is the gradient itself, and its tolerances are absolute: on the loss
-    # as it comes (1e-9 near a good start) that step is too small to measure; scaled to 1 at the
-    # start, the same iterations make progress
-    if first > 0:
-        scale[0] = first
-    out: dict[str, Any] = {"lbfgs_iterations": iterations, "lbfgs_loss_before": first,
-                           "lbfgs_preconditioned": int(bool(gn_scales))}
-    if valid_src is not None:
-        # the optimiser keeps its curvature history between the checks
-        v_best, state, curve = math.inf, None, []
-        out["lbfgs_loss_after"] = math.nan  # until a check finds a finite validation error
-        for done in range(0, iterations, check):
-            opt.param_groups[0]["max_iter"] = min(check, iterations - done)
-            opt.step(closure)
-            to_model()  # the line search may end at a point other than its last evaluation
-            v = _valid_error(model, valid_src, valid_steps, valid_trajectories, dev, dtype)
-            curve.append(v)
-            loss_now = float(closure()) * scale[0]
-            to_model()
-            if on_check is not None:
-                on_check(done + opt.param_groups[0]["max_iter"], loss_now, v)
-            if math.isfinite(v) and v < v_best:
-                v_best, state = v, {n: t.detach().clone() for n, t in model.state_dict().items()}
-                out["lbfgs_loss_after"] = loss_now
-        keep = state is not None and v_best <= best
-        model.load_state_dict(state if keep else best_state if best_state is not None else before)
-        out.update({"lbfgs_valid": v_best, "lbfgs_kept": int(keep), "lbfgs_valid_curve": json.dumps(curve)})
-    else:
-        opt.step(closure)
-        last = float(closure()) * scale[0]  # also puts the final point into the model
-        out["lbfgs_loss_after"] = last
-        keep = math.isfinite(last) and last <= first
-        out["lbfgs_kept"] = int(keep)
-        if not keep:
-            model.load_state_dict(before)
-    return out

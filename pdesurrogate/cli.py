@@ -255,40 +255,24 @@ def identify_cmd(a: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line that names the tool, not a source path."""
-    print(f"pdesurrogate: warning: {message}", file=file or sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pdesurrogate`` console script."""
-    import warnings
+    from datagen.cliutil import run_cli
 
-    warnings.showwarning = _one_line_warning
-    try:
-        a = build_parser().parse_args(argv)
-        if a.cmd == "train":
-            from .train_cli import train_cmd
+    return run_cli("pdesurrogate", lambda: _run(argv), errors=(SurrogateError, DatagenError),
+                   extra={ImportError: lambda exc: f"{exc.name or exc} is needed for this; pip install "
+                                                   "'pdesurrogate[plot]'"})
 
-            return train_cmd(a)
-        if a.cmd == "identify":
-            return identify_cmd(a)
-        return cmd(a)
-    except (SurrogateError, DatagenError) as exc:
-        print(f"pdesurrogate: error: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:
-        print(f"pdesurrogate: error: {exc.name or exc} is needed for this; pip install 'pdesurrogate[plot]'",
-              file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
-    except KeyboardInterrupt:
-        print("pdesurrogate: interrupted", file=sys.stderr)
-        return 130
-    except OSError as exc:
-        print(f"pdesurrogate: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        return 2
+
+def _run(argv: Sequence[str] | None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.cmd == "train":
+        from .train_cli import train_cmd
+
+        return train_cmd(a)
+    if a.cmd == "identify":
+        return identify_cmd(a)
+    return cmd(a)
 
 
 if __name__ == "__main__":  # pragma: no cover

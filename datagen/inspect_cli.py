@@ -50,15 +50,18 @@ def _info(path: str) -> int:
     g = cfg["grid"]
     print(f"  grid:       {g['shape'][0]} x {g['shape'][1]} on {g['extent'][0]:g} x {g['extent'][1]:g}, {g['boundary']}")
     print(f"  time:       {cfg['steps'] + 1} frames, dt = {cfg['dt']:.6g}, t_end = {cfg['steps'] * cfg['dt']:.6g}")
-    solver = f"{cfg['integrator']} ({cfg['substeps']} substeps), space {cfg['method']}"
+    ref = prov.get("reference_error")
+    used = sorted(set(ref["substeps"])) if ref else [cfg["substeps"]]
+    # the substeps actually taken per saved step: the error control refines the configured count
+    steps_text = "/".join(map(str, used)) + (f" substeps per saved step (configured {cfg['substeps']}, refined to meet "
+                                             "the tolerance)" if used != [cfg["substeps"]] else " substeps per saved step")
+    solver = f"{cfg['integrator']}, {steps_text}, space {cfg['method']}"
     if cfg["method"] == "fd":
         solver += f" accuracy {cfg['accuracy']}"
     print(f"  solver:     {solver}")
-    ref = prov.get("reference_error")
     if ref:
-        used = sorted(set(ref["substeps"]))
         print(f"  error:      worst estimated {ref['worst']:.2g} (trajectory {ref['worst_trajectory']}; tolerance "
-              f"{ref['tolerance']:.2g}), substeps used {', '.join(map(str, used))}")
+              f"{ref['tolerance']:.2g})")
     print(f"  initial:    {json.dumps(cfg['initial'])}")
     print(f"  split:      {cfg['split']}, {cfg['n_trajectories']} trajectories, seed {cfg['seed']}")
     for k, (lo, hi) in rep.facts.get("ranges", {}).items():

@@ -11,7 +11,7 @@ from .errors import StabilityWarning, SurrogateError
 from .evaluation import evaluate, relative_to, rollout_error, summarize
 from .exact import embed, exact_channels, exact_surrogate
 from .gauss_newton import step_jacobian
-from .identify import Identified, identify
+from .identify import Identified, identify, identify_data
 from .integrators import INTEGRATORS
 from .learn import Recipe, data_start, learn, train
 from .lipschitz import lipschitz_estimate
@@ -34,7 +34,8 @@ __all__ = [
     "exact_channels", "exact_surrogate", "embed", "INTEGRATORS", "Surrogate", "SurrogateConfig", "build_surrogate",
     "load", "save", "KEY_MAP", "load_published", "published_config", "BoundaryPad", "StencilConv2d",
     "ConvVectorField", "evaluate", "summarize", "error_split", "default_witness", "witness_in_class",
-    "lipschitz_estimate", "rollout_error", "error_bound", "split_verdict", "relative_to", "step_jacobian", "Recipe", "data_start", "learn",
+    "lipschitz_estimate", "rollout_error", "error_bound", "split_verdict", "relative_to",
+    "step_jacobian", "identify_data", "Recipe", "data_start", "learn",
     "train", "identify", "Identified", "WindowDataset", "receptive_halo", "fit", "window_loss", "malloc_tuned",
     "__version__",
 ]

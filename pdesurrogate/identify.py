@@ -28,7 +28,7 @@ from .diagnostics import fd_stencil
 from .errors import SurrogateError
 from .model import Surrogate
 
-__all__ = ["identify", "Identified", "ORDERS"]
+__all__ = ["identify", "identify_data", "Identified", "ORDERS"]
 
 ORDERS = ((0, 0), (1, 0), (0, 1), (2, 0), (0, 2), (1, 1))
 MAX_COLUMNS = 2000
@@ -115,11 +115,7 @@ def identify(model: Surrogate, data: Any, *, degree: int | None = None, threshol
         fields, spacing, boundary, reference = list(ds.fields), ds.spacing, ds.boundary, ds.pde
     if getattr(model.vector_field, "fields", len(fields)) != len(fields):
         raise SurrogateError(f"the model has {model.vector_field.fields} field(s), the data {len(fields)}")
-    base = [Derivative(f, o) for f in fields for o in ORDERS]
-    monomials = [()] + [m for d in range(1, degree + 1) for m in combinations_with_replacement(range(len(base)), d)]
-    if len(monomials) > MAX_COLUMNS:
-        raise SurrogateError(f"degree {degree} with {len(fields)} fields makes {len(monomials)} terms, above "
-                             f"{MAX_COLUMNS}: lower degree")
+    base, monomials = _library(fields, degree)
     P = len(monomials)
     AtA = torch.zeros(P, P, dtype=dtype)
     Atb = torch.zeros(P, len(fields), dtype=dtype)
@@ -131,13 +127,35 @@ def identify(model: Surrogate, data: Any, *, degree: int | None = None, threshol
             D = _derivatives(chunk, spacing, ORDERS)
             if boundary != "periodic":  # the wrap-around is wrong at walls: their cells are left out
                 D, y = D[..., 2:-2, 2:-2], y[..., 2:-2, 2:-2]
-            cols = [torch.ones_like(D[:, 0])] + [torch.prod(torch.stack([D[:, i] for i in m]), 0) for m in monomials[1:]]
-            A = torch.stack(cols, -1).reshape(-1, P)
+            A = _columns(D, monomials)
             b = y.permute(0, 2, 3, 1).reshape(-1, len(fields))
             AtA += A.T @ A
             Atb += A.T @ b
             btb += (b * b).sum(0)
-    n_cells = u.shape[0] * u[0, 0].numel()
+    rhs, residual = _sparse_fit(AtA, Atb, btb, u.shape[0] * u[0, 0].numel(), fields, base, monomials, threshold)
+    pde = PDE("identified", tuple(fields), tuple(rhs))
+    return Identified(pde, residual, reference)
+
+
+def _library(fields: Sequence[str], degree: int) -> tuple[list[Derivative], list[tuple[int, ...]]]:
+    base = [Derivative(f, o) for f in fields for o in ORDERS]
+    monomials = [()] + [m for d in range(1, degree + 1) for m in combinations_with_replacement(range(len(base)), d)]
+    if len(monomials) > MAX_COLUMNS:
+        raise SurrogateError(f"degree {degree} with {len(fields)} fields makes {len(monomials)} terms, above "
+                             f"{MAX_COLUMNS}: lower degree")
+    return base, monomials
+
+
+def _columns(D: torch.Tensor, monomials) -> torch.Tensor:
+    cols = [torch.ones_like(D[:, 0])] + [torch.prod(torch.stack([D[:, i] for i in m]), 0) for m in monomials[1:]]
+    return torch.stack(cols, -1).reshape(-1, len(monomials))
+
+
+def _sparse_fit(AtA, Atb, btb, n_cells: int, fields, base, monomials, threshold: float):
+    """Sequentially thresholded least squares on the normal equations: per field the terms and the
+    relative residual."""
+    dtype = AtA.dtype
+    P = len(monomials)
     scale = (AtA.diagonal() / n_cells).sqrt()  # RMS of each column
     rhs, residual = [], {}
     for f, name in enumerate(fields):
@@ -158,5 +176,67 @@ def identify(model: Surrogate, data: Any, *, degree: int | None = None, threshol
         res = float(btb[f] - 2 * full @ Atb[:, f] + full @ AtA @ full)
         residual[name] = math.sqrt(max(res, 0.0) / max(float(btb[f]), 1e-300))
         rhs.append(tuple(Term(float(full[k]), tuple(base[i] for i in monomials[k])) for k in idx.tolist()))
-    pde = PDE("identified", tuple(fields), tuple(rhs))
-    return Identified(pde, residual, reference)
+    return rhs, residual
+
+
+def _spectral_derivatives(u: torch.Tensor, spacing: tuple[float, float], orders) -> torch.Tensor:
+    """``(n, fields * len(orders), x, y)`` by Fourier multipliers: the data's own derivatives on a
+    periodic grid (odd orders drop the Nyquist mode)."""
+    n, nf, nx, ny = u.shape
+    kx = 2 * math.pi * torch.fft.fftfreq(nx, d=spacing[0], dtype=u.dtype)
+    ky = 2 * math.pi * torch.fft.fftfreq(ny, d=spacing[1], dtype=u.dtype)
+    if nx % 2 == 0:
+        kx_odd = kx.clone()
+        kx_odd[nx // 2] = 0
+    else:
+        kx_odd = kx
+    if ny % 2 == 0:
+        ky_odd = ky.clone()
+        ky_odd[ny // 2] = 0
+    else:
+        ky_odd = ky
+    U = torch.fft.fft2(u)
+    out = []
+    for c in range(nf):
+        for i, j in orders:
+            mx = (1j * (kx_odd if i % 2 else kx)) ** i
+            my = (1j * (ky_odd if j % 2 else ky)) ** j
+            out.append(torch.fft.ifft2(U[:, c] * mx[:, None] * my[None, :]).real)
+    return torch.stack(out, 1)
+
+
+def identify_data(frames: Any, dt: float, spacing: tuple[float, float], *, fields: Sequence[str] = ("u",),
+                  boundary: str = "periodic", degree: int = 2, threshold: float = 1e-3) -> Identified:
+    """Read a PDE from the data themselves: ``u_t`` at the middle of windows of five consecutive
+    frames (fourth-order central differences, error ``O(dt^4)``) fitted by the same sparse
+    polynomial library as :func:`identify`, with the data's own derivatives (Fourier multipliers
+    on periodic grids, the grid's stencils otherwise).
+
+    Args:
+        frames: ``(n, 5, fields, x, y)`` windows, ``dt`` apart.
+    """
+    w = torch.as_tensor(frames, dtype=torch.float64)
+    if w.dim() != 5 or w.shape[1] != 5:
+        raise SurrogateError(f"identify_data needs windows of five frames (n, 5, fields, x, y), not {tuple(w.shape)}")
+    if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        raise SurrogateError(f"dt={dt!r} must be a positive number")
+    fields = list(fields)[: w.shape[2]] if len(fields) >= w.shape[2] else [f"u{i}" for i in range(w.shape[2])]
+    base, monomials = _library(fields, degree)
+    P = len(monomials)
+    AtA = torch.zeros(P, P, dtype=torch.float64)
+    Atb = torch.zeros(P, len(fields), dtype=torch.float64)
+    btb = torch.zeros(len(fields), dtype=torch.float64)
+    for chunk in w.split(8):
+        y = (-chunk[:, 4] + 8 * chunk[:, 3] - 8 * chunk[:, 1] + chunk[:, 0]) / (12 * dt)
+        u = chunk[:, 2]
+        D = _spectral_derivatives(u, spacing, ORDERS) if boundary == "periodic" else _derivatives(u, spacing, ORDERS)
+        if boundary != "periodic":
+            D, y = D[..., 2:-2, 2:-2], y[..., 2:-2, 2:-2]
+        A = _columns(D, monomials)
+        b = y.permute(0, 2, 3, 1).reshape(-1, len(fields))
+        AtA += A.T @ A
+        Atb += A.T @ b
+        btb += (b * b).sum(0)
+    n_cells = int(w.shape[0]) * int(w[0, 0, 0].numel())
+    rhs, residual = _sparse_fit(AtA, Atb, btb, n_cells, fields, base, monomials, threshold)
+    return Identified(PDE("identified", tuple(fields), tuple(rhs)), residual, None)

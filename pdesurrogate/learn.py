@@ -64,6 +64,11 @@ class Recipe:
         valid_steps: horizon of the validation rollout (default: every stored step).
         loss: ``mse`` or ``relative`` (see :func:`pdesurrogate.window_loss`).
         seed: seed of the window draws.
+        start: ``least-squares`` (K1 stencils with shifts from the data, K2's centre taps fitted)
+            or ``identify``: read a PDE from the data (:func:`pdesurrogate.identify_data`, sparse
+            regression) and start from the class's modified-equation network of it; it keeps the
+            growth of constant states that zero-mean data barely show (falls back to
+            least-squares when that network is not in the class).
     """
 
     margin: float = 1.25
@@ -75,10 +80,13 @@ class Recipe:
     valid_steps: int | None = None
     loss: str = "mse"
     seed: int = 0
+    start: str = "least-squares"
 
     def __post_init__(self) -> None:
         if self.loss not in ("mse", "relative"):
             raise SurrogateError(f"loss={self.loss!r}: choose mse or relative")
+        if self.start not in ("least-squares", "identify"):
+            raise SurrogateError(f"start={self.start!r}: choose least-squares or identify")
         if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not (
                 math.isfinite(self.margin) and self.margin > 1):
             raise SurrogateError(f"margin={self.margin!r} must be a number above 1 (the shift over the largest |z|)")
@@ -205,6 +213,31 @@ def _frames(train: WindowDataset, k: int, seed: int) -> torch.Tensor:
     return torch.stack([torch.as_tensor(ds.window(i)[:3]) for i in _draw(len(ds), k, seed, 1)]).to(torch.float64)
 
 
+def _identified_start(model: Surrogate, train: WindowDataset, rc: Recipe, say) -> dict[str, float] | None:
+    """Start from the class's modified-equation network of the PDE read from the data; None (and a
+    line) when the data hold fewer than five frames or that network is not in the class."""
+    from .exact import embed
+    from .identify import identify_data
+    from .witness import default_witness
+
+    if train.n_time < 5:
+        say("start: identify needs five consecutive frames; starting by least squares")
+        return None
+    ds = _with_unroll(train, 4)
+    frames = torch.stack([torch.as_tensor(ds.window(i)[:5]) for i in _draw(len(ds), START_PAIRS // 4, rc.seed, 3)])
+    found = identify_data(frames.to(torch.float64), train.dt, train.spacing, fields=train.fields,
+                          boundary=train.boundary)
+    say(f"start: the data read as {found.text()} (relative residual "
+        f"{', '.join(f'{v:.2g}' for v in found.residual.values())})")
+    witness, meta = default_witness(model, found.pde, train.grid)
+    if not meta["witness_in_class"]:
+        say(f"start: its {meta['witness']} network is not in the model's class ({meta['witness_class_note']}); "
+            "starting by least squares")
+        return None
+    embed(witness.to(torch.float64), model)
+    return {**found.residual, "identified": 1.0}
+
+
 def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any = None,
           recipe: Recipe | Mapping[str, Any] | None = None, *, checkpoint: str | os.PathLike | None = None,
           log: Callable[[str], None] | None = print):
@@ -260,12 +293,15 @@ def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any
     from .stability import warn_if_unstable
 
     warn_if_unstable(model, frames[:, 0].numpy())
-    fit = data_start(model, frames, rc.margin)
+    fit = _identified_start(model, train, rc, say) if rc.start == "identify" else None
+    if fit is None:
+        fit = data_start(model, frames, rc.margin)
     v0 = score()
     with torch.no_grad():
         loss0 = float(((model(frames[:16, 0]) - frames[:16, 1]) ** 2).mean())
     rows.append(("start", 0, loss0, math.nan if v0 is None else v0))
-    say(f"start from the data: least-squares residual {', '.join(f'{v:.3g}' for v in fit.values())}"
+    what = "least-squares" if rc.start == "least-squares" and "identified" not in fit else "identified PDE's fit"
+    say(f"start from the data: {what} residual {', '.join(f'{v:.3g}' for k, v in fit.items() if k != 'identified')}"
         + (f"; valid rel_l2({valid_steps}) {v0:.4g}" if v0 is not None else ""))
     best = v0
     ckpt = Path(checkpoint) if checkpoint is not None else None

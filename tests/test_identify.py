@@ -68,3 +68,51 @@ def test_identify_prints_the_equation_beside_the_datas_and_refuses_bad_options()
         ps.identify(net, _probes(1), spacing=grid.spacing, degree=9)
     with pytest.raises(ps.SurrogateError, match=r"must be \(n, fields, x, y\)"):
         ps.identify(net, _probes(1)[0], spacing=grid.spacing)
+
+
+def _coeffs(pde):
+    return {t.monomial(): t.coeff for t in pde.rhs[0]}
+
+
+@pytest.fixture(scope="module")
+def fisher_data(tmp_path_factory):
+    import datagen
+
+    d = tmp_path_factory.mktemp("idd")
+    g = Grid((32, 32))
+    common = {"pde": "fisher", "steps": 12, "grid": g.to_dict(), "dt": 0.0024}  # the paper's step
+    for split, n in (("train", 6), ("valid", 2), ("test", 2)):
+        (d / "data" / split).mkdir(parents=True)
+        datagen.generate(datagen.GenerationConfig(**common, split=split, n_trajectories=n, seed=0),
+                         d / "data" / split / "fisher.hdf5")
+    return d
+
+
+def test_identify_data_reads_fishers_coefficients_from_the_frames(fisher_data):
+    ds = ps.WindowDataset(fisher_data, unroll=4, dtype=torch.float64)
+    frames = torch.stack([torch.as_tensor(ds.window(i)) for i in range(len(ds))])
+    found = ps.identify_data(frames, ds.dt, ds.spacing)
+    c = _coeffs(found.pde)
+    assert set(c) == {"u", "u^2", "u_xx", "u_yy"}, c
+    assert c["u"] == pytest.approx(1.0, rel=1e-3) and c["u^2"] == pytest.approx(-1.0, rel=1e-3)
+    assert c["u_xx"] == pytest.approx(0.01, rel=1e-3) and c["u_yy"] == pytest.approx(0.01, rel=1e-3)
+    with pytest.raises(ps.SurrogateError, match="five frames"):
+        ps.identify_data(frames[:, :3], ds.dt, ds.spacing)
+
+
+def test_the_identify_start_builds_the_class_network_of_the_pde_read_from_the_data(fisher_data):
+    lines = []
+    model, hist = ps.train(fisher_data, {"start": "identify", "lbfgs": 0}, log=lines.append)
+    assert any(line.startswith("start: the data read as u_t = ") for line in lines), lines
+    # the network is the class's modified-equation network of the identified PDE: against the
+    # one built from the true PDE it differs only by the identification error
+    ds = ps.WindowDataset(fisher_data, unroll=1)
+    truth, _ = ps.default_witness(model, ds.pde, ds.grid)
+    test = fisher_data / "data" / "test" / "fisher.hdf5"
+    mine, theirs = ps.rollout_error(model, test, 12), ps.rollout_error(truth.double(), test, 12)
+    assert mine == pytest.approx(theirs, rel=0.05)
+    fd = ps.exact_surrogate(ds.pde, ds.grid, ds.dt, substeps=3, accuracy=2, powers=(2,), truncate=False,
+                            dtype=torch.float64)
+    assert mine < ps.rollout_error(fd, test, 12) / 3
+    with pytest.raises(ps.SurrogateError, match="start='magic'"):
+        ps.Recipe(start="magic")

@@ -128,8 +128,12 @@ def test_existing_output_and_leftover_work_need_flags(tmp_path):
 
 
 def test_validator_physics_checks(tmp_path):
-    # the paper's sin*cos family goes negative: reported, still valid
+    # the paper's sin*cos family goes negative by design: said among the facts, no warning
     rep = validate(generate(GenerationConfig(**SMALL), tmp_path / "neg.h5"))
+    assert rep.ok and not any("negative" in w for w in rep.warnings) and "signed_by_design" in rep.facts
+    # the same modes shifted down are no scenario's design: reported, still valid
+    shifted = {"name": "sincos", "offset": -0.3}
+    rep = validate(generate(GenerationConfig(**{**SMALL, "initial": shifted}), tmp_path / "shifted.h5"))
     assert rep.ok and any("negative" in w for w in rep.warnings)
     # started in [0, 1]: stays there, no warning
     ic = {"name": "sincos", "amplitude": 0.5, "offset": 0.5}

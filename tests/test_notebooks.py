@@ -9,8 +9,7 @@ papermill = pytest.importorskip("papermill", reason="pip install -e '.[dev]' (pa
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 TINY = {
-    "01_fisher_quickstart": {"grid": 24, "n_train": 3, "n_valid": 1, "n_test": 2, "steps": 6, "epochs": 1,
-                             "lbfgs": 2},
+    "01_fisher_quickstart": {"grid": 24, "n_train": 3, "n_valid": 1, "n_test": 2, "steps": 6, "lbfgs": 2},
     "02_exact_networks_and_error_splitting": {"grid": 24, "n_train": 3, "n_valid": 1, "n_test": 2, "steps": 6,
                                               "lbfgs": 2},
     "03_structure_preserving": {"grid": 16, "n_train": 2, "n_test": 2, "steps": 12, "train_steps": 4, "epochs": 1},
@@ -28,7 +27,9 @@ def test_every_notebook_has_tiny_parameters_and_committed_outputs():
             "tags", []), p.name
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(c.get("outputs") is not None for c in code)
-        assert sum(bool(c.outputs) for c in code) >= 3, f"{p.name} is committed without the outputs of a run"
+        # every cell that prints or draws in a run does so in the committed file (definitions print nothing)
+        assert sum(bool(c.outputs) for c in code) >= 2, f"{p.name} is committed without the outputs of a run"
+        assert code[-1].outputs, f"{p.name}: its last cell has no output: the committed run did not reach the end"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -157,7 +157,7 @@ def test_cli_trains_by_the_default_recipe_and_compares_with_the_fd_network(folde
     total, bound, witness = float(row[0]), float(row[1]), float(row[3])  # total, approximation_bound, ..., witness_error
     beats = "better member of the class than any construction" in p.stdout
     assert beats == (total < witness), p.stdout
-    assert bound == min(total, witness)
+    assert bound <= min(total, witness)  # the best member per trajectory, then the mean
     q = _cli("identify", tmp_path / "run", folder)
     assert q.returncode == 0 and q.stdout.startswith("learned: u_t = "), q.stderr
     m = ps.load(tmp_path / "run" / "model.pt", dtype=torch.float64)

@@ -240,7 +240,7 @@ def test_load_keeps_the_checkpoints_precision_unless_asked(dtype, tmp_path):
 
 
 def test_a_blown_up_validation_rollout_is_reported_and_the_start_kept(folder, monkeypatch):
-    import pdesurrogate.training as training
+    import pdesurrogate.polish as training  # the L-BFGS polish lives here
 
     start, _ = ps.train(folder, {"lbfgs": 0}, log=None)
     monkeypatch.setattr(training, "_valid_error", lambda *a, **k: float("nan"))  # every check "blows up"

@@ -171,7 +171,7 @@ def test_lbfgs_polish_is_kept_only_when_it_helps(data):
 
 
 def test_lbfgs_with_no_finite_validation_error_keeps_the_start(data, monkeypatch):
-    import pdesurrogate.training as tr
+    import pdesurrogate.polish as tr  # the L-BFGS polish lives here
 
     train = ps.WindowDataset(data["train"], unroll=1, dtype=torch.float64)
     model = _paper_model(train, dtype=torch.float64)
@@ -188,7 +188,7 @@ def test_lbfgs_with_no_finite_validation_error_keeps_the_start(data, monkeypatch
 
 
 def test_lbfgs_steps_back_from_an_overflowing_trial_step(data, monkeypatch):
-    import pdesurrogate.training as tr
+    import pdesurrogate.polish as tr  # the L-BFGS polish lives here
 
     train = ps.WindowDataset(data["train"], unroll=1, dtype=torch.float64)
     model = _paper_model(train, dtype=torch.float64)

@@ -116,22 +116,10 @@ def identify(model: Surrogate, data: Any, *, degree: int | None = None, threshol
     if getattr(model.vector_field, "fields", len(fields)) != len(fields):
         raise SurrogateError(f"the model has {model.vector_field.fields} field(s), the data {len(fields)}")
     base, monomials = _library(fields, degree)
-    P = len(monomials)
-    AtA = torch.zeros(P, P, dtype=dtype)
-    Atb = torch.zeros(P, len(fields), dtype=dtype)
-    btb = torch.zeros(len(fields), dtype=dtype)
     cast = copy.deepcopy(model).to(dtype) if next(model.parameters()).dtype != dtype else model
     with torch.no_grad():
-        for chunk in u.split(8):
-            y = cast.vector_field(chunk)
-            D = _derivatives(chunk, spacing, ORDERS)
-            if boundary != "periodic":  # the wrap-around is wrong at walls: their cells are left out
-                D, y = D[..., 2:-2, 2:-2], y[..., 2:-2, 2:-2]
-            A = _columns(D, monomials)
-            b = y.permute(0, 2, 3, 1).reshape(-1, len(fields))
-            AtA += A.T @ A
-            Atb += A.T @ b
-            btb += (b * b).sum(0)
+        pairs = ((_derivatives(chunk, spacing, ORDERS), cast.vector_field(chunk)) for chunk in u.split(8))
+        AtA, Atb, btb = _normal_equations(pairs, monomials, len(fields), boundary)
     rhs, residual = _sparse_fit(AtA, Atb, btb, u.shape[0] * u[0, 0].numel(), fields, base, monomials, threshold)
     pde = PDE("identified", tuple(fields), tuple(rhs))
     return Identified(pde, residual, reference)
@@ -149,6 +137,23 @@ def _library(fields: Sequence[str], degree: int) -> tuple[list[Derivative], list
 def _columns(D: torch.Tensor, monomials) -> torch.Tensor:
     cols = [torch.ones_like(D[:, 0])] + [torch.prod(torch.stack([D[:, i] for i in m]), 0) for m in monomials[1:]]
     return torch.stack(cols, -1).reshape(-1, len(monomials))
+
+
+def _normal_equations(pairs, monomials, n_fields: int, boundary: str):
+    """``A^T A``, ``A^T b`` and ``b^T b`` summed over ``(derivatives, target)`` chunks."""
+    P = len(monomials)
+    AtA = torch.zeros(P, P, dtype=torch.float64)
+    Atb = torch.zeros(P, n_fields, dtype=torch.float64)
+    btb = torch.zeros(n_fields, dtype=torch.float64)
+    for D, y in pairs:
+        if boundary != "periodic":  # the wrap-around is wrong at walls: their cells are left out
+            D, y = D[..., 2:-2, 2:-2], y[..., 2:-2, 2:-2]
+        A = _columns(D, monomials)
+        b = y.permute(0, 2, 3, 1).reshape(-1, n_fields)
+        AtA += A.T @ A
+        Atb += A.T @ b
+        btb += (b * b).sum(0)
+    return AtA, Atb, btb
 
 
 def _sparse_fit(AtA, Atb, btb, n_cells: int, fields, base, monomials, threshold: float):
@@ -222,21 +227,10 @@ def identify_data(frames: Any, dt: float, spacing: tuple[float, float], *, field
         raise SurrogateError(f"dt={dt!r} must be a positive number")
     fields = list(fields)[: w.shape[2]] if len(fields) >= w.shape[2] else [f"u{i}" for i in range(w.shape[2])]
     base, monomials = _library(fields, degree)
-    P = len(monomials)
-    AtA = torch.zeros(P, P, dtype=torch.float64)
-    Atb = torch.zeros(P, len(fields), dtype=torch.float64)
-    btb = torch.zeros(len(fields), dtype=torch.float64)
-    for chunk in w.split(8):
-        y = (-chunk[:, 4] + 8 * chunk[:, 3] - 8 * chunk[:, 1] + chunk[:, 0]) / (12 * dt)
-        u = chunk[:, 2]
-        D = _spectral_derivatives(u, spacing, ORDERS) if boundary == "periodic" else _derivatives(u, spacing, ORDERS)
-        if boundary != "periodic":
-            D, y = D[..., 2:-2, 2:-2], y[..., 2:-2, 2:-2]
-        A = _columns(D, monomials)
-        b = y.permute(0, 2, 3, 1).reshape(-1, len(fields))
-        AtA += A.T @ A
-        Atb += A.T @ b
-        btb += (b * b).sum(0)
+    deriv = _spectral_derivatives if boundary == "periodic" else _derivatives
+    pairs = ((deriv(c[:, 2], spacing, ORDERS), (-c[:, 4] + 8 * c[:, 3] - 8 * c[:, 1] + c[:, 0]) / (12 * dt))
+             for c in w.split(8))
+    AtA, Atb, btb = _normal_equations(pairs, monomials, len(fields), boundary)
     n_cells = int(w.shape[0]) * int(w[0, 0, 0].numel())
     rhs, residual = _sparse_fit(AtA, Atb, btb, n_cells, fields, base, monomials, threshold)
     return Identified(PDE("identified", tuple(fields), tuple(rhs)), residual, None)

@@ -23,6 +23,7 @@ from .split import error_split, split_verdict
 from .stencil_conv import BoundaryPad, StencilConv2d
 from .allocator import malloc_tuned
 from .losses import window_loss
+from .fit_options import FitOptions
 from .training import fit
 from .vector_field import ConvVectorField
 from .version import __version__
@@ -36,6 +37,6 @@ __all__ = [
     "ConvVectorField", "evaluate", "summarize", "error_split", "default_witness", "witness_in_class",
     "lipschitz_estimate", "rollout_error", "error_bound", "split_verdict", "relative_to",
     "step_jacobian", "identify_data", "Recipe", "data_start", "learn",
-    "train", "identify", "Identified", "WindowDataset", "receptive_halo", "fit", "window_loss", "malloc_tuned",
+    "train", "identify", "Identified", "WindowDataset", "receptive_halo", "fit", "FitOptions", "window_loss", "malloc_tuned",
     "__version__",
 ]

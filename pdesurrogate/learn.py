@@ -81,6 +81,8 @@ class Recipe:
     loss: str = "mse"
     seed: int = 0
     start: str = "least-squares"
+    anchor: float = 0.0
+    anchor_states: int = 8
 
     def __post_init__(self) -> None:
         if self.loss not in ("mse", "relative"):
@@ -90,8 +92,12 @@ class Recipe:
         if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not (
                 math.isfinite(self.margin) and self.margin > 1):
             raise SurrogateError(f"margin={self.margin!r} must be a number above 1 (the shift over the largest |z|)")
+        if isinstance(self.anchor, bool) or not isinstance(self.anchor, (int, float)) or not (
+                math.isfinite(self.anchor) and 0 <= self.anchor <= 1e12):
+            raise SurrogateError(f"anchor={self.anchor!r} must be a finite number >= 0 (0: no anchor)")
         for name, low, high in (("lbfgs", 0, 100_000), ("windows", 1, MAX_WINDOWS), ("check", 1, 100_000),
                                 ("lm", 0, 1000), ("lm_windows", 1, MAX_WINDOWS), ("seed", 0, 2 ** 63 - 1),
+                                ("anchor_states", 1, 256),
                                 ("valid_steps", 1, 100_000)):
             v = getattr(self, name)
             if v is None and name == "valid_steps":
@@ -238,6 +244,37 @@ def _identified_start(model: Surrogate, train: WindowDataset, rc: Recipe, say) -
     return {**found.residual, "identified": 1.0}
 
 
+def constant_states(frames: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` spatially constant states ``(n, fields, x, y)`` spanning the range of ``frames``
+    ``(..., fields, x, y)``: evenly spaced for one field, a seeded draw in the box for several."""
+    flat = frames.transpose(0, -3).reshape(frames.shape[-3], -1)
+    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+    if frames.shape[-3] == 1:
+        t = torch.linspace(0, 1, n, dtype=frames.dtype)[:, None]
+    else:
+        t = torch.as_tensor(np.random.default_rng([int(seed), 4]).random((n, frames.shape[-3])), dtype=frames.dtype)
+    values = lo + t * (hi - lo)
+    return values[:, :, None, None].expand(n, frames.shape[-3], *frames.shape[-2:]).contiguous()
+
+
+def _anchor(model: Surrogate, frames: torch.Tensor, rc: Recipe) -> Callable[[], torch.Tensor]:
+    """The penalty that holds the model's step at constant states to the start's.
+
+    The training windows of zero-mean data hardly see wavenumber zero, and free training bends the
+    network's symbol there (the drift after the trained horizon, docs/training.md); the start read
+    from the data (``start="identify"``) steps constant states as the identified reaction does.
+    The penalty is ``anchor`` times the mean squared step difference per cell, on the scale of one
+    window's loss."""
+    states = constant_states(frames[:, 0], rc.anchor_states, rc.seed)
+    with torch.no_grad():
+        target = model(states)
+
+    def extra() -> torch.Tensor:
+        return rc.anchor * ((model(states) - target) ** 2).mean()
+
+    return extra
+
+
 def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any = None,
           recipe: Recipe | Mapping[str, Any] | None = None, *, checkpoint: str | os.PathLike | None = None,
           log: Callable[[str], None] | None = print):
@@ -317,12 +354,13 @@ def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any
                                                              else ""))
         return hear
 
+    extra = _anchor(model, frames, rc) if rc.anchor > 0 else None
     if rc.lbfgs:
         one = _with_unroll(train, 1)
         one.dtype = torch.float64
         out = lbfgs_polish(model, one, params, rc.lbfgs, rc.windows, rc.check, False, 1, rc.loss, rc.seed,
                            torch.device("cpu"), valid, valid_steps, None, torch.float64, None,
-                           math.inf if best is None else best, on_check=record("L-BFGS", rc.lbfgs))
+                           math.inf if best is None else best, on_check=record("L-BFGS", rc.lbfgs), extra=extra)
         if valid is not None and out["lbfgs_kept"]:
             best = out["lbfgs_valid"]
         if ckpt is not None:

@@ -66,9 +66,11 @@ def _polish_windows(train, n: int, seed: int, dev) -> tuple[list[int], torch.Ten
 
 def lbfgs_polish(model, train, params, iterations, n_windows, check, precondition, steps, loss, seed, dev, valid_src,
                  valid_steps, valid_trajectories, dtype, best_state, best,
-                 on_check: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
+                 on_check: Callable[[int, float, float], None] | None = None,
+                 extra: Callable[[], torch.Tensor] | None = None) -> dict[str, Any]:
     """L-BFGS on ``n_windows`` windows of ``train`` (see ``fit(lbfgs=...)``); ``on_check(i, loss, valid)``
-    hears of every validation check."""
+    hears of every validation check; ``extra()`` (a scalar with a graph, on the scale of one
+    window's loss) is added to the windows' mean loss."""
     pick, windows = _polish_windows(train, n_windows, seed, dev)
     before = {n: t.detach().clone() for n, t in model.state_dict().items()}
     check = check if valid_src is not None else iterations
@@ -99,6 +101,10 @@ def lbfgs_polish(model, train, params, iterations, n_windows, check, preconditio
                 val = per.sum() / (len(pick) * scale[0])
                 val.backward()
                 part = part + val.detach().to(torch.float64)
+        if extra is not None and _dist()[0] == 0:  # once, not once per process
+            val = extra() / scale[0]
+            val.backward()
+            part = part + val.detach().to(torch.float64)
         _sync_grads(params)
         total = _allreduce(part)
         overflowed[0] = not bool(torch.isfinite(total))

@@ -8,11 +8,11 @@ gloo otherwise) and :func:`pdesurrogate.fit` splits every batch across the proce
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ from .errors import SurrogateError
 
 DATA_KEYS = {"unroll": 3, "stride": 1, "crop": 0, "valid": "valid", "test": "test"}
 MODEL_DEFAULTS = {"hidden": 10, "kernel_size": 5, "powers": [2], "substeps": 3, "init": "stencil"}
-FIT_DEFAULTS = {"epochs": 10, "batch_size": 4, "curriculum": [1, 2, 3], "noise": 1e-3, "lr": 1e-3}
 FROM_DATA = ("dt", "spacing", "boundary", "boundary_value", "fields")
 
 
@@ -31,8 +30,8 @@ def read_config(path: str | None) -> dict[str, dict[str, Any]]:
     """The run's ``data``, ``model`` and ``fit`` tables, defaults filled in and keys checked."""
     import tomllib
 
+    from .fit_options import FitOptions
     from .model import SurrogateConfig
-    from .training import fit
 
     raw: dict[str, Any] = {}
     if path:
@@ -48,13 +47,12 @@ def read_config(path: str | None) -> dict[str, dict[str, Any]]:
         raise SurrogateError(f"--config {path}: unknown table(s) {sorted(unknown)}; use [data], [model], [recipe], "
                              "[fit]")
     model_keys = set(SurrogateConfig.__dataclass_fields__) - set(FROM_DATA)
-    fit_keys = set(inspect.signature(fit).parameters) - {"model", "train", "valid", "checkpoint", "resume", "progress",
-                                                          "log"}
+    fit_keys = set(FitOptions.names()) - {"progress", "log"}
     from .learn import Recipe
 
     out: dict[str, Any] = {"given": set(raw)}
     for table, allowed, defaults in (("data", set(DATA_KEYS), DATA_KEYS), ("model", model_keys, MODEL_DEFAULTS),
-                                     ("fit", fit_keys, FIT_DEFAULTS),
+                                     ("fit", fit_keys, {}),
                                      ("recipe", set(Recipe.__dataclass_fields__), {})):
         given = raw.get(table, {})
         if not isinstance(given, dict):
@@ -87,6 +85,7 @@ def train_cmd(a: argparse.Namespace) -> int:
     import torch
 
     from .data import WindowDataset, receptive_halo
+    from .fit_options import FitOptions
     from .model import build_surrogate
 
     cfg = read_config(a.config)
@@ -102,11 +101,10 @@ def train_cmd(a: argparse.Namespace) -> int:
             cfg["fit"][key] = getattr(a, key)
     if a.float64:
         cfg["fit"]["dtype"] = "float64"
-    if isinstance(cfg["fit"].get("dtype"), str):
-        name = cfg["fit"]["dtype"]
-        if name not in ("float32", "float64"):
-            raise SurrogateError(f"[fit] dtype = {name!r}: use float32 or float64")
-        cfg["fit"]["dtype"] = getattr(torch, name)
+    try:  # the one set of defaults and checks, before any file is touched
+        fit_options = FitOptions.from_dict(cfg["fit"], "[fit]")
+    except SurrogateError as exc:
+        raise SurrogateError(f"[fit] {exc}") from None
     data = Path(a.data)
     if data.is_dir():
         try:
@@ -131,18 +129,20 @@ def train_cmd(a: argparse.Namespace) -> int:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            cfg["fit"].setdefault("device", f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+            if "device" not in cfg["fit"]:
+                fit_options = fit_options.replace(device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    cfg["fit_options"] = fit_options
 
     d = cfg["data"]
     probe = WindowDataset(train_file, unroll=int(d["unroll"]), stride=int(d["stride"]))
     mcfg = {**cfg["model"], "dt": probe.dt, "spacing": probe.spacing, "boundary": probe.boundary,
             "boundary_value": probe.grid.boundary_value, "fields": len(probe.fields)}
     model = build_surrogate(**mcfg, dtype=torch.float64 if recipe == "default" else None)
-    steps_max = max(cfg["fit"].get("curriculum") or [cfg["fit"].get("unroll") or probe.unroll])
+    steps_max = max(fit_options.steps(probe.unroll))
     train = probe
     if d["crop"]:
         train = WindowDataset(train_file, unroll=int(d["unroll"]), stride=int(d["stride"]), crop=int(d["crop"]),
-                              halo=receptive_halo(model, steps_max), seed=int(cfg["fit"].get("seed", 0)))
+                              halo=receptive_halo(model, steps_max), seed=fit_options.seed)
     out = Path(a.out)
     fresh = not out.exists()
     if rank != 0:
@@ -214,7 +214,8 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
         if cfg["recipe_name"] == "default":
             resolved["options"] = cfg["recipe"]
         else:
-            resolved["fit"] = {k: (str(v) if k == "dtype" else v) for k, v in cfg["fit"].items()}
+            resolved["fit"] = {k: (str(v) if k == "dtype" else v) for k, v in asdict(cfg["fit_options"]).items()
+                               if k not in ("progress", "log")}
         write_atomic(out / "run.json", json.dumps(resolved, indent=2, default=str) + "\n")
         print(f"training on {train_file} ({len(train)} windows, recipe {cfg['recipe_name']}), "
               f"validating on {valid_file or 'nothing'}; checkpoints in {out}", flush=True)
@@ -227,8 +228,8 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
                          log=None if a.quiet else (lambda line: print(line, flush=True)))
         else:
             # the CLI owns its process: it may tune the allocator, which the library leaves alone
-            hist = fit(model, train, valid_file, checkpoint=out, resume=a.resume, progress=progress, log=not a.quiet,
-                       **{"tune_malloc": True, **cfg["fit"]})
+            hist = fit(model, train, valid_file, cfg["fit_options"].replace(progress=progress, log=not a.quiet),
+                       checkpoint=out, resume=a.resume, tune_malloc=True)
     except SurrogateError:
         # refused before any checkpoint: leave no run folder behind that holds only its description
         if rank == 0 and fresh and {p.name for p in out.iterdir()} <= {"run.json", RUN_LOCK}:

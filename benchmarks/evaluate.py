@@ -50,7 +50,7 @@ def main() -> None:
     if anchor.exists():
         net, what = ps.load_published(anchor), "published FisherNoNoise"
     else:
-        net = ps.build_surrogate(fields=1, hidden=10, kernel_size=5, powers=(2,), substeps=3, dt=0.0024, seed=0)
+        net = ps.build_surrogate(n_fields=1, hidden=10, kernel_size=5, powers=(2,), substeps=3, dt=0.0024, seed=0)
         what = "paper architecture, random weights (anchors not found)"
     dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if a.device == "auto" else a.device))

@@ -45,7 +45,7 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": 
 def paper_network() -> tuple[ps.Surrogate, str]:
     if ANCHOR.exists():
         return ps.load_published(ANCHOR), "published FisherNoNoise weights"
-    return ps.build_surrogate(fields=1, hidden=10, kernel_size=5, powers=(2,), integrator="euler", substeps=3,
+    return ps.build_surrogate(n_fields=1, hidden=10, kernel_size=5, powers=(2,), integrator="euler", substeps=3,
                               dt=0.0024, seed=0), "random weights (anchors not found)"
 
 

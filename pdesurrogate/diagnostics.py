@@ -38,7 +38,7 @@ def effective_stencil(vector_field: nn.Module, fields: int | None = None, state:
     ``R`` is the network's total receptive radius (sum of kernel radii), so the stencil is
     ``(2R+1) x (2R+1)``, a cross-correlation kernel like those of ``datagen.stencils``.
     """
-    fields = fields or getattr(vector_field, "fields", None)
+    fields = fields or getattr(vector_field, "n_fields", None)
     if fields is None:
         raise SurrogateError("give the number of fields")
     R = _radius(vector_field)

@@ -303,7 +303,7 @@ def exact_surrogate(pde: PDE, grid: Grid, dt: float, substeps: int = 1, accuracy
     acc_of = spec["acc_of"]
     bias1 = any(ch.bias != 0.0 for ch in channels)
     model = build_surrogate(
-        fields=pde.n_fields, hidden=hidden, kernel_size=K, kernel_size2=K2, powers=tuple(ch.power for ch in channels),
+        n_fields=pde.n_fields, hidden=hidden, kernel_size=K, kernel_size2=K2, powers=tuple(ch.power for ch in channels),
         bias1=bias1, bias2=True, integrator=integrator, substeps=substeps, dt=dt, boundary=grid.boundary,
         boundary_value=grid.boundary_value, init="zeros", accuracy=acc_of((2, 0)), spacing=grid.spacing, seed=None,
     ).to(dtype)

@@ -113,8 +113,8 @@ def identify(model: Surrogate, data: Any, *, degree: int | None = None, threshol
         pick = sorted(g.choice(len(ds), size=min(frames, len(ds)), replace=False).tolist())
         u = torch.stack([torch.as_tensor(ds.window(i)[0]) for i in pick]).to(dtype)
         fields, spacing, boundary, reference = list(ds.fields), ds.spacing, ds.boundary, ds.pde
-    if getattr(model.vector_field, "fields", len(fields)) != len(fields):
-        raise SurrogateError(f"the model has {model.vector_field.fields} field(s), the data {len(fields)}")
+    if getattr(model.vector_field, "n_fields", len(fields)) != len(fields):
+        raise SurrogateError(f"the model has {model.vector_field.n_fields} field(s), the data {len(fields)}")
     base, monomials = _library(fields, degree)
     cast = copy.deepcopy(model).to(dtype) if next(model.parameters()).dtype != dtype else model
     with torch.no_grad():

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["euler", "heun", "rk4", "projected_euler", "INTEGRATORS", "STAGES", "sample_norm"]
+__all__ = ["euler", "heun", "rk4", "projected_euler", "INTEGRATORS", "STEP_FUNCTIONS", "STAGES", "sample_norm"]
 
 Field = Callable[[torch.Tensor], torch.Tensor]
 
@@ -64,4 +64,6 @@ def projected_euler(F: Field, u: torch.Tensor, h: float, norm: torch.Tensor | No
 # convolutions are unpadded (cropped training)
 STAGES = {"euler": 1, "heun": 2, "rk4": 4}
 
-INTEGRATORS = {"euler": euler, "heun": heun, "rk4": rk4, "projected_euler": projected_euler}
+# name -> one step of dt; INTEGRATORS holds the names, as datagen.integrators.INTEGRATORS does
+STEP_FUNCTIONS = {"euler": euler, "heun": heun, "rk4": rk4, "projected_euler": projected_euler}
+INTEGRATORS = tuple(STEP_FUNCTIONS)

@@ -179,7 +179,7 @@ def _least_squares_start(model: Surrogate, u0: torch.Tensor, target: torch.Tenso
         raise SurrogateError("the training frames hold non-finite values: clean the data first")
     # a channel that sees nothing (a constant field) still gets a unit shift
     c1.bias.copy_((margin * torch.where(zmax > 0, zmax, torch.ones_like(zmax))).to(dtype))
-    C, Fo = vf.hidden, vf.fields
+    C, Fo = vf.hidden, vf.n_fields
     # normal equations accumulated over chunks: the features of all frames need not fit in memory
     AtA = torch.zeros(C + 1, C + 1, dtype=torch.float64)
     Atb = torch.zeros(C + 1, Fo, dtype=torch.float64)
@@ -305,8 +305,8 @@ def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any
     if abs(model.dt - train.dt) > 1e-9 * train.dt:
         raise SurrogateError(f"the model steps dt={model.dt:.6g}, the data dt={train.dt:.6g}: build the model "
                              "with dt=train.dt")
-    if model.vector_field.fields != len(train.fields):
-        raise SurrogateError(f"the model has {model.vector_field.fields} field(s), the data {len(train.fields)}")
+    if model.vector_field.n_fields != len(train.fields):
+        raise SurrogateError(f"the model has {model.vector_field.n_fields} field(s), the data {len(train.fields)}")
     if train.crop is not None:
         raise SurrogateError("the default recipe trains on full-grid windows: open the data without crop=")
     if isinstance(valid, (str, os.PathLike)) and Path(valid).is_dir():
@@ -415,5 +415,5 @@ def train(data: str | os.PathLike, recipe: Recipe | Mapping[str, Any] | None = N
 def _from_data(ds: WindowDataset) -> dict[str, Any]:
     """What a model takes from its data: step, grid spacing, boundary, field count."""
     return {"dt": ds.dt, "spacing": ds.spacing, "boundary": ds.boundary, "boundary_value": ds.grid.boundary_value,
-            "fields": len(ds.fields)}
+            "n_fields": len(ds.fields)}
 

@@ -25,8 +25,8 @@ def witness_in_class(witness: Surrogate, model: Surrogate) -> tuple[bool, str]:
     for name in ("conv1", "conv2", "act"):
         if not hasattr(a, name) or not hasattr(b, name):
             return False, "not a ConvVectorField"
-    if a.fields != b.fields:
-        return False, f"{a.fields} vs {b.fields} fields"
+    if a.n_fields != b.n_fields:
+        return False, f"{a.n_fields} vs {b.n_fields} fields"
     if a.conv1.kernel_size > b.conv1.kernel_size or a.conv2.kernel_size > b.conv2.kernel_size:
         return False, (f"kernels {a.conv1.kernel_size}/{a.conv2.kernel_size} exceed the model's "
                        f"{b.conv1.kernel_size}/{b.conv2.kernel_size}")

@@ -18,7 +18,7 @@ from torch import nn
 from datagen.limits import MAX_DEGREE, MAX_FIELDS, MAX_SUBSTEPS
 
 from .errors import SurrogateError
-from .integrators import INTEGRATORS, projected_euler, sample_norm
+from .integrators import INTEGRATORS, STEP_FUNCTIONS, projected_euler, sample_norm
 from .vector_field import ConvVectorField
 
 __all__ = ["Surrogate", "SurrogateConfig", "build_surrogate", "STENCIL_INIT_ORDERS"]
@@ -38,7 +38,7 @@ class SurrogateConfig:
     """Everything that defines a surrogate's architecture and time stepping.
 
     Args:
-        fields: PDE fields (input = output channels).
+        n_fields: number of PDE fields (input = output channels).
         hidden: hidden channels.
         kernel_size, kernel_size2: widths of K1 and K2 (K2 defaults to K1's).
         powers: activation power per hidden channel (repeated to fill ``hidden``).
@@ -56,7 +56,7 @@ class SurrogateConfig:
         seed: seed of the random initialisation.
     """
 
-    fields: int = 1
+    n_fields: int = 1
     hidden: int = 10
     kernel_size: int = 5
     kernel_size2: int | None = None
@@ -92,7 +92,7 @@ class SurrogateConfig:
             object.__setattr__(self, "boundary_value", tuple(self.boundary_value))
         if self.integrator not in INTEGRATORS:
             raise SurrogateError(f"unknown integrator {self.integrator!r}; choose one of {', '.join(INTEGRATORS)}")
-        for name, most in (("fields", MAX_FIELDS), ("hidden", MAX_HIDDEN), ("substeps", MAX_SUBSTEPS),
+        for name, most in (("n_fields", MAX_FIELDS), ("hidden", MAX_HIDDEN), ("substeps", MAX_SUBSTEPS),
                            ("kernel_size", MAX_KERNEL), ("kernel_size2", MAX_KERNEL)):
             v = getattr(self, name)
             if v is None and name == "kernel_size2":
@@ -120,7 +120,10 @@ class SurrogateConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SurrogateConfig":
-        """Inverse of :meth:`to_dict`, refusing unknown keys."""
+        """Inverse of :meth:`to_dict`, refusing unknown keys (``fields``, the field count's name in
+        older checkpoints, is read as ``n_fields``)."""
+        if "fields" in d and "n_fields" not in d and isinstance(d["fields"], int):
+            d = {("n_fields" if k == "fields" else k): v for k, v in d.items()}
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise SurrogateError(f"unknown surrogate option(s) {sorted(unknown)}")
@@ -158,12 +161,12 @@ class Surrogate(nn.Module):
         if p is not None and u.dtype != p.dtype:
             raise SurrogateError(f"the input is {str(u.dtype)[6:]} and the model {str(p.dtype)[6:]}: convert one "
                                  f"(model.to(torch.{str(u.dtype)[6:]}) or u.to(torch.{str(p.dtype)[6:]}))")
-        fields = getattr(self.vector_field, "fields", None)
+        fields = getattr(self.vector_field, "n_fields", None)
         if fields is not None and u.shape[1] != fields:
             raise SurrogateError(f"the input has {u.shape[1]} channel(s) and the model {fields} field(s): "
                                  "pass (batch, fields, x, y)")
         h = self.dt / self.substeps
-        step = INTEGRATORS[self.integrator]
+        step = STEP_FUNCTIONS[self.integrator]
         if self.integrator == "projected_euler":
             norm = sample_norm(u)
             for _ in range(self.substeps):
@@ -233,7 +236,7 @@ def build_surrogate(config: SurrogateConfig | Mapping[str, Any] | None = None, *
     with torch.random.fork_rng() if cfg.seed is not None else nullcontext():
         if cfg.seed is not None:
             torch.manual_seed(cfg.seed)
-        vf = ConvVectorField(cfg.fields, cfg.hidden, cfg.kernel_size, cfg.powers, cfg.boundary, cfg.bias1,
+        vf = ConvVectorField(cfg.n_fields, cfg.hidden, cfg.kernel_size, cfg.powers, cfg.boundary, cfg.bias1,
                              cfg.bias2 and not cfg.mass_preserving, cfg.kernel_size2, cfg.boundary_value)
     if cfg.init == "zeros":
         with torch.no_grad():
@@ -267,11 +270,11 @@ def _stencil_init(vf: ConvVectorField, cfg: SurrogateConfig) -> None:
         # relu^2(b + z) and relu^2(b - z) span {1, z, z^2}, so the pair gives K2 the derivative, its
         # square and a constant; no two channels are equal, so their gradients differ from the start
         slot, sign = c // 2, (1.0 if c % 2 == 0 else -1.0)
-        f = slot % cfg.fields
-        turn, k = divmod(slot // cfg.fields, len(orders))
+        f = slot % cfg.n_fields
+        turn, k = divmod(slot // cfg.n_fields, len(orders))
         conv1.set_stencil(c, f, orders[k], cfg.accuracy, cfg.spacing, scale=sign)
         shifts[c] = 1.0 + turn  # a second round of the same derivatives at another shift
-        for g in range(cfg.fields):  # record the other (zero) kernels as order (0, 0) times 0
+        for g in range(cfg.n_fields):  # record the other (zero) kernels as order (0, 0) times 0
             if g != f:
                 conv1.orders[(c, g)] = ((0, 0), cfg.accuracy)
     if conv1.bias is not None:

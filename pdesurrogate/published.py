@@ -42,7 +42,7 @@ KEY_MAP = {
 def published_config(name: str) -> dict[str, Any]:
     """The ``build_surrogate`` config of a published network, from its file name."""
     stem = Path(name).stem
-    base = dict(fields=1, kernel_size=5, integrator="euler", substeps=3, boundary="periodic", seed=None)
+    base = dict(n_fields=1, kernel_size=5, integrator="euler", substeps=3, boundary="periodic", seed=None)
     if stem.startswith("Fisher"):
         return {**base, "hidden": 10, "powers": (2,), "bias2": True, "dt": 0.0024}
     if stem.startswith("Heat"):

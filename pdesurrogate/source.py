@@ -153,7 +153,7 @@ def _well_source(path: Path) -> Source:
 
 
 def _model_fields(model: Any) -> int | None:
-    return getattr(model.vector_field, "fields", None)
+    return getattr(model.vector_field, "n_fields", None)
 
 
 def check_fits(model: Any, src: Source) -> None:

@@ -23,7 +23,7 @@ from .errors import SurrogateError
 
 DATA_KEYS = {"unroll": 3, "stride": 1, "crop": 0, "valid": "valid", "test": "test"}
 MODEL_DEFAULTS = {"hidden": 10, "kernel_size": 5, "powers": [2], "substeps": 3, "init": "stencil"}
-FROM_DATA = ("dt", "spacing", "boundary", "boundary_value", "fields")
+FROM_DATA = ("dt", "spacing", "boundary", "boundary_value", "n_fields")
 
 
 def read_config(path: str | None) -> dict[str, dict[str, Any]]:
@@ -136,7 +136,7 @@ def train_cmd(a: argparse.Namespace) -> int:
     d = cfg["data"]
     probe = WindowDataset(train_file, unroll=int(d["unroll"]), stride=int(d["stride"]))
     mcfg = {**cfg["model"], "dt": probe.dt, "spacing": probe.spacing, "boundary": probe.boundary,
-            "boundary_value": probe.grid.boundary_value, "fields": len(probe.fields)}
+            "boundary_value": probe.grid.boundary_value, "n_fields": len(probe.fields)}
     model = build_surrogate(**mcfg, dtype=torch.float64 if recipe == "default" else None)
     steps_max = max(fit_options.steps(probe.unroll))
     train = probe

@@ -93,7 +93,7 @@ def _check(model: Surrogate, train: WindowDataset, steps_max: int, o: FitOptions
     if abs(model.dt - train.dt) > 1e-9 * train.dt:
         raise SurrogateError(f"the model steps dt={model.dt:.6g}, the data dt={train.dt:.6g}: build the model "
                              "with dt=train.dt")
-    n_fields = getattr(model.vector_field, "fields", None)
+    n_fields = getattr(model.vector_field, "n_fields", None)
     if n_fields is not None and n_fields != len(train.fields):
         raise SurrogateError(f"the model has {n_fields} field(s), the data {len(train.fields)}")
     if model.config is not None and model.config.boundary != train.boundary:

@@ -112,7 +112,7 @@ class ConvVectorField(nn.Module):
     """Two convolutions around a power-of-ReLU activation.
 
     Args:
-        fields: input and output channels (the PDE's fields).
+        n_fields: input and output channels (the PDE's fields).
         hidden: hidden channels.
         kernel_size: width of K1 (odd).
         powers: one activation power per hidden channel, or a shorter tuple repeated to fill them.
@@ -122,17 +122,17 @@ class ConvVectorField(nn.Module):
         boundary_value: Dirichlet wall value(s) of the fields.
     """
 
-    def __init__(self, fields: int, hidden: int, kernel_size: int = 5, powers: Sequence[int] | int = (1,),
+    def __init__(self, n_fields: int, hidden: int, kernel_size: int = 5, powers: Sequence[int] | int = (1,),
                  boundary: str = "periodic", bias1: bool = True, bias2: bool = True, kernel_size2: int | None = None,
                  boundary_value: float | Sequence[float] = 0.0) -> None:
         super().__init__()
         ps = [int(powers)] if isinstance(powers, int) else [int(p) for p in powers]
         ps = (ps * (hidden // len(ps) + 1))[:hidden]
-        self.fields, self.hidden = fields, hidden
-        self.conv1 = StencilConv2d(fields, hidden, kernel_size, boundary, bias1, boundary_value)
+        self.n_fields, self.hidden = n_fields, hidden
+        self.conv1 = StencilConv2d(n_fields, hidden, kernel_size, boundary, bias1, boundary_value)
         self.act = PowerReLU(ps)
         # hidden channels have no wall data: they are continued as the field would be with value 0
-        self.conv2 = StencilConv2d(hidden, fields, kernel_size2 or kernel_size, boundary, bias2, 0.0)
+        self.conv2 = StencilConv2d(hidden, n_fields, kernel_size2 or kernel_size, boundary, bias2, 0.0)
 
     @property
     def fusable(self) -> bool:
@@ -147,7 +147,7 @@ class ConvVectorField(nn.Module):
         c1, c2 = self.conv1, self.conv2
         m = max(c1.kernel_size, c2.kernel_size) // 2
         if (self.fusable and u.device.type == "cpu" and u.dim() == 4 and not (c1.valid or c2.valid)
-                and 2 * m <= min(u.shape[-2:]) and u.shape[1] == self.fields):
+                and 2 * m <= min(u.shape[-2:]) and u.shape[1] == self.n_fields):
             return m
         return None
 

@@ -90,18 +90,18 @@ def test_relu_squared_refuses_cubic_terms_unless_truncated():
 
 def test_paper_witness_fits_the_paper_class():
     g = Grid((100, 100))
-    net = ps.build_surrogate(fields=1, hidden=10, kernel_size=5, powers=(2,), substeps=3, dt=PAPER_DT)
+    net = ps.build_surrogate(n_fields=1, hidden=10, kernel_size=5, powers=(2,), substeps=3, dt=PAPER_DT)
     w, meta = ps.default_witness(net, catalogue.fisher(), g)
     assert meta["witness"].startswith("modified equation") and meta["witness_in_class"]
     assert w.vector_field.hidden <= 10 and meta["witness_truncated"]
-    small = ps.build_surrogate(fields=1, hidden=4, kernel_size=3, powers=(2,), substeps=3, dt=PAPER_DT)
+    small = ps.build_surrogate(n_fields=1, hidden=4, kernel_size=3, powers=(2,), substeps=3, dt=PAPER_DT)
     _, meta = ps.default_witness(small, catalogue.fisher(), g)
     assert not meta["witness_in_class"]
 
 
 def test_metrics_equal_a_hand_computation(rng):
     ref = rng.normal(size=(2, 4, 1, 4, 4))  # 2 trajectories, 3 steps, 4x4
-    ident = ps.build_surrogate(fields=1, hidden=2, kernel_size=3, init="zeros", dt=1.0, seed=None).double()
+    ident = ps.build_surrogate(n_fields=1, hidden=2, kernel_size=3, init="zeros", dt=1.0, seed=None).double()
     rep = ps.evaluate(ident, ref, device="cpu")  # F = 0: every prediction is frame 0
     assert rep.sizes == {"trajectory": 2, "step": 3}
     for i in range(2):
@@ -117,7 +117,7 @@ def test_metrics_equal_a_hand_computation(rng):
 
 def test_two_fields_get_per_field_metrics(rng):
     ref = rng.normal(size=(2, 3, 2, 5, 5))
-    ident = ps.build_surrogate(fields=2, hidden=2, kernel_size=3, init="zeros", seed=None).double()
+    ident = ps.build_surrogate(n_fields=2, hidden=2, kernel_size=3, init="zeros", seed=None).double()
     rep = ps.evaluate(ident, ref, device="cpu")
     d = ref[1, 0, 1] - ref[1, 2, 1]
     assert rep.field_mse.values[1, 1, 1] == pytest.approx(np.mean(d ** 2))

@@ -104,7 +104,7 @@ def test_terms_outside_the_class_are_named():
 def _train(model, steps=100, lr=1e-2, seed=0):
     torch.manual_seed(seed)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    x = torch.randn(4, model.vector_field.fields, 12, 12, dtype=torch.float64)
+    x = torch.randn(4, model.vector_field.n_fields, 12, 12, dtype=torch.float64)
     target = torch.randn_like(x)
     for _ in range(steps):
         opt.zero_grad()
@@ -116,7 +116,7 @@ def _train(model, steps=100, lr=1e-2, seed=0):
 
 def test_moment_constrained_kernels_keep_their_moments():
     spacing = (0.1, 0.1)
-    m = ps.build_surrogate(fields=1, hidden=6, kernel_size=5, powers=(1, 2), init="stencil", constraint="moments",
+    m = ps.build_surrogate(n_fields=1, hidden=6, kernel_size=5, powers=(1, 2), init="stencil", constraint="moments",
                            spacing=spacing, dt=0.01, seed=1).double()
     conv = m.vector_field.conv1
     before = conv.kernel.detach().clone()  # physical kernels: weights in grid units times 1/dx^p dy^q
@@ -140,7 +140,7 @@ def test_moment_constrained_kernels_keep_their_moments():
 
 
 def test_frozen_kernels_do_not_change():
-    m = ps.build_surrogate(fields=1, hidden=4, kernel_size=3, init="stencil", constraint="frozen", dt=0.01).double()
+    m = ps.build_surrogate(n_fields=1, hidden=4, kernel_size=3, init="stencil", constraint="frozen", dt=0.01).double()
     before = m.vector_field.conv1.weight.detach().clone()
     _train(m, steps=20)
     torch.testing.assert_close(m.vector_field.conv1.weight, before, rtol=0, atol=0)
@@ -148,7 +148,7 @@ def test_frozen_kernels_do_not_change():
 
 @pytest.mark.parametrize("integrator", ["euler", "heun", "rk4"])
 def test_mass_preserving_surrogate_conserves_the_sum(integrator):
-    m = ps.build_surrogate(fields=2, hidden=6, kernel_size=3, powers=(1, 2, 3), mass_preserving=True,
+    m = ps.build_surrogate(n_fields=2, hidden=6, kernel_size=3, powers=(1, 2, 3), mass_preserving=True,
                            integrator=integrator, substeps=2, dt=0.01, seed=3).double()
     with torch.no_grad():
         for p in m.parameters():
@@ -165,14 +165,14 @@ def test_mass_preserving_surrogate_conserves_the_sum(integrator):
 
 
 def test_an_unconstrained_surrogate_does_not_conserve_mass():
-    m = ps.build_surrogate(fields=1, hidden=4, kernel_size=3, powers=(2,), dt=0.01, seed=3).double()
+    m = ps.build_surrogate(n_fields=1, hidden=4, kernel_size=3, powers=(2,), dt=0.01, seed=3).double()
     u = torch.rand(1, 1, 16, 16, dtype=torch.float64)
     with torch.no_grad():
         assert abs(float(m(u).sum() - u.sum())) > 1e-6
 
 
 def test_projected_euler_keeps_the_norm():
-    m = ps.build_surrogate(fields=1, hidden=2, kernel_size=5, powers=(1,), integrator="projected_euler", substeps=3,
+    m = ps.build_surrogate(n_fields=1, hidden=2, kernel_size=5, powers=(1,), integrator="projected_euler", substeps=3,
                            dt=0.1, seed=0).double()
     u = torch.randn(4, 1, 20, 20, dtype=torch.float64)
     n0 = torch.linalg.vector_norm(u.flatten(1), dim=1)
@@ -185,7 +185,7 @@ def test_projected_euler_keeps_the_norm():
 
 # -- config, checkpoints, integrator switching ---------------------------------------------
 def test_config_round_trip_and_errors():
-    cfg = ps.SurrogateConfig(fields=2, hidden=6, powers=(1, 2, 3), dt=0.5, boundary="neumann")
+    cfg = ps.SurrogateConfig(n_fields=2, hidden=6, powers=(1, 2, 3), dt=0.5, boundary="neumann")
     assert ps.SurrogateConfig.from_dict(cfg.to_dict()) == cfg
     m = ps.build_surrogate(cfg.to_dict())
     assert m.vector_field.act.powers == (1, 2, 3, 1, 2, 3)
@@ -206,7 +206,7 @@ def test_same_seed_same_weights():
 @pytest.mark.parametrize("kw", [dict(init="stencil", constraint="moments", spacing=(0.5, 0.5)),
                                 dict(mass_preserving=True), dict()])
 def test_save_load_rollout_identical(tmp_path, kw):
-    m = ps.build_surrogate(fields=1, hidden=6, kernel_size=5, powers=(1, 2), dt=0.01, substeps=3, seed=2, **kw).double()
+    m = ps.build_surrogate(n_fields=1, hidden=6, kernel_size=5, powers=(1, 2), dt=0.01, substeps=3, seed=2, **kw).double()
     _train(m, steps=5)
     path = ps.save(m, tmp_path / "ck" / "m.pt", provenance={"note": "test"})
     back = ps.load(path, dtype=torch.float64)

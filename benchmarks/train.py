@@ -48,7 +48,8 @@ _HERE = str(Path(__file__).resolve().parent)
 sys.path = [p for p in sys.path if p not in ("", _HERE)]
 import datagen  # noqa: E402
 import pdesurrogate as ps  # noqa: E402
-from pdesurrogate import stencil_conv, vector_field  # noqa: E402
+from pdesurrogate import stencil_conv  # noqa: E402
+from pdesurrogate.passes import library_passes  # noqa: E402
 from pdesurrogate.losses import window_loss  # noqa: E402
 
 sys.path.append(_HERE)
@@ -159,14 +160,11 @@ def main() -> None:
             opt = torch.optim.Adam(model.parameters(), lr=1e-6)
 
             def run():
-                vector_field.FUSED, stencil_conv.ADJOINT_INPUT_GRAD = fused, adjoint
-                try:
+                with library_passes(fused=fused, adjoint=adjoint):
                     opt.zero_grad()
                     window_loss(model, windows, k, crop=crop).mean().backward()
                     opt.step()
                     sync()
-                finally:
-                    vector_field.FUSED, stencil_conv.ADJOINT_INPUT_GRAD = True, True
             return run
 
         if a.pair is not None:  # child process of side_by_side: one case, as fit would run it

@@ -146,7 +146,7 @@ def _autodiff_jacobian(model: Surrogate, u: torch.Tensor, steps: int,
                        params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     from torch.func import functional_call, jvp
 
-    from . import stencil_conv
+    from .passes import library_passes
 
     named = dict(model.named_parameters())
     names = [next(k for k, v in named.items() if v is p) for p in params]
@@ -161,8 +161,7 @@ def _autodiff_jacobian(model: Surrogate, u: torch.Tensor, steps: int,
         return torch.stack(out)
 
     # the periodic convolution's custom backward has no forward-mode rule: plain autograd here
-    saved, stencil_conv.ADJOINT_INPUT_GRAD = stencil_conv.ADJOINT_INPUT_GRAD, False
-    try:
+    with library_passes():
         with torch.no_grad():
             outs = roll(*vals).detach()
         cols = []
@@ -171,8 +170,6 @@ def _autodiff_jacobian(model: Surrogate, u: torch.Tensor, steps: int,
                 t = tuple(torch.zeros_like(w) for w in vals)
                 t[i].view(-1)[e] = 1
                 cols.append(jvp(roll, vals, t)[1].detach())
-    finally:
-        stencil_conv.ADJOINT_INPUT_GRAD = saved
     return torch.stack(cols, 1), outs
 
 

@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 from datagen.grid import BOUNDARIES
 from datagen.stencils import kernel2d
 
+from . import passes
 from .errors import SurrogateError
 
 __all__ = ["BoundaryPad", "StencilConv2d", "MomentConstraint", "ZeroSum", "moment_matrix"]
@@ -155,9 +156,6 @@ class ZeroSum(nn.Module):
         return W - W.mean(dim=(-2, -1), keepdim=True)
 
 
-# periodic convolutions take their input gradient as a forward correlation (see _PeriodicConv);
-# False falls back to torch's own backward (benchmarks/train.py compares the two)
-ADJOINT_INPUT_GRAD = True
 
 
 def _correlator(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -315,7 +313,7 @@ class StencilConv2d(nn.Module):
             # channel contraction (benchmarks/rollout.py); float64 is faster as a convolution
             y = torch.einsum("oc,bcxy->boxy", W[:, :, 0, 0], x)
             return y if b is None else y + b.view(1, -1, 1, 1)
-        if self.pad.boundary == "periodic" and self.pad.radius and ADJOINT_INPUT_GRAD:
+        if self.pad.boundary == "periodic" and self.pad.radius and passes.adjoint_input_grad():
             if self.pad.radius > min(x.shape[-2:]):
                 raise SurrogateError(f"grid {tuple(x.shape[-2:])} is smaller than the kernel radius {self.pad.radius}")
             return _PeriodicConv.apply(x, W, b, self.pad.radius)

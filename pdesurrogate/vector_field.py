@@ -9,15 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import stencil_conv
+from . import passes
 from .activations import PowerReLU
 from .stencil_conv import StencilConv2d, _correlator, _weight_grad_direct
 
 __all__ = ["ConvVectorField"]
 
 
-# False evaluates layer by layer (benchmarks/train.py compares the two)
-FUSED = True
 # at most this many windows per pass of _PeriodicField: a few windows' hidden layers stay in
 # cache between the correlations that produce and consume them (benchmarks/train.py)
 FUSED_CHUNK = 4
@@ -139,7 +137,7 @@ class ConvVectorField(nn.Module):
         """Whether CPU evaluations take the fused periodic path (:class:`_PeriodicField`): periodic,
         K1 and K2 wider than 1, one activation power."""
         c1, c2 = self.conv1, self.conv2
-        return (FUSED and stencil_conv.ADJOINT_INPUT_GRAD and c1.kernel_size > 1 and c2.kernel_size > 1
+        return (passes.fused_field() and c1.kernel_size > 1 and c2.kernel_size > 1
                 and c1.pad.boundary == c2.pad.boundary == "periodic" and len(self.act._groups) == 1)
 
     def _fused_margin(self, u: torch.Tensor) -> int | None:

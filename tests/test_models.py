@@ -397,7 +397,7 @@ def _field_and_grads(vf, u, r):
 def test_fused_field_equals_layer_by_layer(fields, powers, bias, batch, k2):
     # the hand-written forward and backward of the whole field (widened grid, chunks of windows)
     # against the layer-by-layer modules and torch's autograd of their activation, in float64
-    from pdesurrogate import vector_field
+    from pdesurrogate.passes import library_passes
 
     g = torch.Generator().manual_seed(11)
     vf = ps.ConvVectorField(fields, 6, 5, powers=(powers,), bias1=bias, bias2=bias, kernel_size2=k2).double()
@@ -408,12 +408,9 @@ def test_fused_field_equals_layer_by_layer(fields, powers, bias, batch, k2):
     r = torch.randn(batch, fields, 13, 11, generator=g, dtype=torch.float64)
     assert vf._fused_margin(u) == max(5, k2) // 2
     fused = _field_and_grads(vf, u, r)
-    vector_field.FUSED = False
-    try:
+    with library_passes(adjoint=True):
         assert vf._fused_margin(u) is None
         ref = _field_and_grads(vf, u, r)
-    finally:
-        vector_field.FUSED = True
     for a, b in zip(fused, ref):
         assert float((a - b).detach().abs().max() / b.detach().abs().max()) < 1e-13
 

@@ -214,7 +214,7 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
         if cfg["recipe_name"] == "default":
             resolved["options"] = cfg["recipe"]
         else:
-            resolved["fit"] = {k: (str(v) if k == "dtype" else v) for k, v in asdict(cfg["fit_options"]).items()
+            resolved["fit"] = {k: (str(v) if k == "dtype" and v is not None else v) for k, v in asdict(cfg["fit_options"]).items()
                                if k not in ("progress", "log")}
         write_atomic(out / "run.json", json.dumps(resolved, indent=2, default=str) + "\n")
         print(f"training on {train_file} ({len(train)} windows, recipe {cfg['recipe_name']}), "

@@ -455,3 +455,11 @@ def test_float32_fused_field_gradients_match_float64():
     ref = _field_and_grads(vf.double(), u64.requires_grad_(True), r64)
     for a, b in zip(got, ref):
         assert float((a.double() - b).detach().abs().max() / b.detach().abs().max()) < 3e-5
+
+
+def test_a_config_written_with_the_old_field_count_name_still_loads():
+    cfg = ps.SurrogateConfig(n_fields=2, hidden=6, dt=0.5).to_dict()
+    assert "n_fields" in cfg and "fields" not in cfg
+    old = {("fields" if k == "n_fields" else k): v for k, v in cfg.items()}
+    assert ps.SurrogateConfig.from_dict(old) == ps.SurrogateConfig.from_dict(cfg)
+    assert ps.build_surrogate(ps.SurrogateConfig.from_dict(old)).vector_field.n_fields == 2

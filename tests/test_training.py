@@ -317,6 +317,12 @@ def test_cli_train_from_a_toml_file_and_resume(data, tmp_path):
     assert "epoch 2/2" in p.stdout and "error split" in p.stdout and "relative L2" in p.stdout
     model = ps.load(tmp_path / "run" / "model.pt")
     assert model.vector_field.hidden == 6 and model.dt == pytest.approx(PAPER_DT)
+    # the run's options are FitOptions' defaults with the table's values: one set of defaults
+    written = json.loads((tmp_path / "run" / "run.json").read_text())["fit"]
+    expected = ps.FitOptions(epochs=2, curriculum=[1, 2], batch_size=16)
+    assert written == {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(expected).items()
+                       if k not in ("progress", "log")}
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["best.pt", "last.pt", "model.pt"]
     # resuming a finished run trains nothing and says so; other options are refused
     p = _cli("train", folder, "--config", cfg, "--out", tmp_path / "run", "--resume", "--steps", "4")
     assert p.returncode == 0, p.stderr
@@ -489,3 +495,15 @@ def test_fit_refuses_a_non_boolean_tune_malloc(data):
     ds = ps.WindowDataset(data["train"], unroll=1)
     with pytest.raises(ps.SurrogateError, match="tune_malloc='yes' must be true or false"):
         ps.fit(_paper_model(ds), ds, epochs=1, tune_malloc="yes", progress=False)
+
+
+def test_fit_options_hold_one_set_of_defaults_and_refuse_bad_values_in_one_line():
+    o = ps.FitOptions()
+    assert o.steps(3) == [1, 2, 3] and o.replace(unroll=2).steps(5) == [1, 2]
+    assert o.replace(curriculum=[1, 3]).steps(5) == [1, 3]
+    assert ps.FitOptions(dtype="float64").dtype is torch.float64
+    for bad, match in (({"lr": -1.0}, "lr=-1.0"), ({"curriculum": [0, 1]}, "positive step counts"),
+                       ({"epochs": 0}, "trains nothing"), ({"dtype": "float16"}, "float32 or float64"),
+                       ({"nope": 1}, "unknown fit option")):
+        with pytest.raises(ps.SurrogateError, match=match):
+            ps.FitOptions.from_dict(bad)

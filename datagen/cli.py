@@ -179,7 +179,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .store import read_provenance
 
     kwargs = dict(workers=a.workers, scheduler=a.scheduler, resume=a.resume, overwrite=a.overwrite,
-                  progress=not a.quiet and sys.stderr.isatty(), sync=a.sync)
+                  progress=not a.quiet, sync=a.sync)
     if a.from_file:
         defaults = build_parser().parse_args(["generate", "--out", "."])
         given = [f"--{k.replace('_', '-')}" for k in FROM_CONFLICTS if getattr(a, k) != getattr(defaults, k)]

@@ -25,9 +25,9 @@ def progress_reporter(progress, total: int, label: str = "generate"):
                 progress(done[0], total)
         return cb
     if progress:
-        from tqdm import tqdm
+        from .progress import Progress
 
-        bar = tqdm(total=total, unit="traj", desc=label)
+        bar = Progress(total, label, "trajectories")
 
         def tq(n):
             if n is None:

@@ -33,6 +33,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from datagen.progress import eta_text
+
 from .data import WindowDataset
 from .errors import SurrogateError
 from .evaluation import rollout_error
@@ -346,12 +348,15 @@ def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any
     blown: list[str] = []
 
     def record(name: str, total: int) -> Callable[[int, float, float | None], None]:
+        began = time.perf_counter()
+
         def hear(it: int, loss: float, v: float | None) -> None:
             rows.append((name, it, loss, math.nan if v is None else v))
             if v is not None and not math.isfinite(v):
                 blown.append(f"{name} iteration {it}")
             say(f"{name} {it}/{total}: loss {loss:.4g}" + (f"  valid rel_l2({valid_steps}) {v:.4g}" if v is not None
-                                                             else ""))
+                                                             else "")
+                + f"  ({eta_text(it, total, time.perf_counter() - began)})")
         return hear
 
     extra = _anchor(model, frames, rc) if rc.anchor > 0 else None

@@ -11,7 +11,6 @@ import argparse
 import json
 import math
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -214,12 +213,12 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
         if cfg["recipe_name"] == "default":
             resolved["options"] = cfg["recipe"]
         else:
-            resolved["fit"] = {k: (str(v) if k == "dtype" and v is not None else v) for k, v in asdict(cfg["fit_options"]).items()
-                               if k not in ("progress", "log")}
+            resolved["fit"] = {k: (str(v) if k == "dtype" and v is not None else v)
+                               for k, v in asdict(cfg["fit_options"]).items() if k not in ("progress", "log")}
         write_atomic(out / "run.json", json.dumps(resolved, indent=2, default=str) + "\n")
         print(f"training on {train_file} ({len(train)} windows, recipe {cfg['recipe_name']}), "
               f"validating on {valid_file or 'nothing'}; checkpoints in {out}", flush=True)
-    progress = not a.quiet and sys.stderr.isatty()
+    progress = not a.quiet  # a bar on a terminal, a line every few seconds elsewhere
     try:
         if cfg["recipe_name"] == "default":
             from .learn import learn

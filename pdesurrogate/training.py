@@ -222,7 +222,7 @@ def _resume(run: _Run) -> None:
 def train_one_epoch(run: _Run, epoch: int) -> tuple[float, int]:
     """One pass of Adam over the windows (this process's share of every global batch); returns the
     mean window loss and the unroll it trained at."""
-    from tqdm import tqdm  # not tqdm.auto: in notebooks it warns without ipywidgets
+    from datagen.progress import Progress
 
     o, train, rank, world = run.o, run.train, *_dist()
     k = _phase(run.curriculum, epoch, o.epochs)
@@ -232,8 +232,8 @@ def train_one_epoch(run: _Run, epoch: int) -> tuple[float, int]:
     mine = [b[rank::world] for b in batches]
     it = iter(torch.utils.data.DataLoader(train, batch_sampler=[m for m in mine if m], num_workers=o.num_workers))
     total, count = 0.0, 0
-    bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{o.epochs} k={k}", leave=False,
-               disable=not o.progress or rank != 0)
+    bar = Progress(len(batches), f"epoch {epoch + 1}/{o.epochs} k={k}", "batches", leave=False,
+                   enabled=o.progress and rank == 0)
     run.model.train()
     for b, m in zip(batches, mine):
         loss = train_one_batch(run, next(it).to(run.dev) if m else None, m, len(b), k, epoch)
@@ -242,8 +242,7 @@ def train_one_epoch(run: _Run, epoch: int) -> tuple[float, int]:
                                  f"{run.opt.param_groups[0]['lr']:.3g}), raise clip, or check the data")
         total += loss * len(b)
         count += len(b)
-        bar.update(1)
-        bar.set_postfix(loss=f"{total / count:.3g}")
+        bar.update(1, f"loss {total / count:.3g}")
     bar.close()
     return total / count, k
 

@@ -494,3 +494,32 @@ def test_nonlinear_cfl_is_checked_before_solving(tmp_path):
     p = run(*args, "--dt", "0.05", "--ic-param", "amplitude=2", check=False)
     assert_one_line_error(p, "nonlinear transport of burgers moves 6.4 cells per substep")
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_progress_off_a_terminal_is_a_line_every_few_seconds_with_the_time_left():
+    import io
+
+    from datagen.progress import Progress, eta_text
+
+    assert eta_text(1, 4, 30.0) == "elapsed 0:30, left 1:30"
+    out = io.StringIO()  # not a terminal
+    bar = Progress(4, "epoch 1/2", "batches", stream=out, every=0.0)
+    for i in range(4):
+        bar.update(1, f"loss {i}")
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("epoch 1/2: 1/4 batches (25%), elapsed") and "left" in lines[0]
+    assert lines[-1].startswith("epoch 1/2: 4/4 batches (100%)") and lines[-1].endswith("loss 3")
+    quiet = io.StringIO()
+    with Progress(3, "x", stream=quiet, every=3600.0) as p:
+        p.update(3)
+    assert quiet.getvalue() == ""  # nothing within the interval: short work stays silent
+
+
+def test_generation_reports_progress_off_a_terminal(tmp_path, monkeypatch):
+    monkeypatch.setenv("PDESURROGATE_PROGRESS_EVERY", "0")
+    p = subprocess.run([EXE, "generate", "heat", "--out", str(tmp_path / "h"),
+                        "--splits", "train=3", "--steps", "2", "--grid", "16,16", "--batch-size", "1"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "trajectories (" in p.stderr and "left" in p.stderr, p.stderr

@@ -115,6 +115,7 @@ def test_progress_lines_for_lbfgs_and_levenberg_marquardt_without_a_terminal(fol
     assert any(line.startswith("L-BFGS 2/4") for line in lines) and any(line.startswith("L-BFGS 4/4") for line in lines)
     assert any(line.startswith("Levenberg-Marquardt 1/2") for line in lines), lines
     assert any(line.startswith("Levenberg-Marquardt 2/2") for line in lines), lines
+    assert all("elapsed" in line and "left" in line for line in lines if line.startswith(("L-BFGS", "Levenberg")))
 
 
 def test_the_default_recipe_is_reproducible(folder):

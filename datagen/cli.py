@@ -262,7 +262,20 @@ def cmd_generate(a: argparse.Namespace) -> int:
                                                       sort_keys=True), file=sys.stderr)
     for path in generate_splits(cfg, splits, a.out, **kwargs):
         print(path)
+        if not a.quiet:
+            _hint_if_static(path)
     return 0
+
+
+def _hint_if_static(path, threshold: float = 0.01) -> None:
+    """A one-line hint on stderr when the saved frames hardly change over the horizon."""
+    from .validation import frame_change
+
+    change = frame_change(path)
+    if change is not None and change < threshold:
+        print(f"hint: {path}: the fields change by {100 * change:.2g} % of their size over the saved horizon; "
+              "for dynamics to learn, raise --dt or --steps (or --ic-param offset=/amplitude= to start nearer "
+              "the dynamics)", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,8 +35,9 @@ class GenerationConfig:
         params: PDE parameters overriding the catalogue defaults.
         spec: a PDE of the user's own (a :class:`datagen.PDE`, its ``to_dict()`` or JSON, e.g.
             from :func:`datagen.parse_pde`) instead of a catalogue entry; its parameters are its
-            own, ``dt`` defaults to 0.24 dx^2 over its largest diffusion coefficient and the
-            initial condition to ``fourier``.
+            own, ``dt`` defaults to the larger of 0.24 dx^2 over its largest diffusion
+            coefficient and the step that makes the horizon one reaction time, and the initial
+            condition to ``fourier``.
         scenario: a named setting of the catalogue entry (``datagen list`` shows them; ``None``:
             its default, e.g. the paper's setting for ``fisher``). It supplies defaults for
             ``params``, ``grid``, ``initial``, ``dt`` and ``steps``; what is given here goes over it.
@@ -162,7 +163,8 @@ class GenerationConfig:
         else:
             if self.dt_factor is not None and not (self.dt_factor > 0):
                 raise DatagenError(f"dt_factor={self.dt_factor!r} must be positive")
-            dt = entry.dt(grid, params, self.dt_factor) if entry is not None else _spec_dt(pde, grid, self.dt_factor)
+            dt = (entry.dt(grid, params, self.dt_factor) if entry is not None
+                  else _spec_dt(pde, grid, self.dt_factor, self.steps or 40))
         if not (math.isfinite(dt) and dt > 0):
             raise DatagenError(f"time step dt={dt!r} must be a positive number")
         integrator, method, substeps = self.integrator, self.method, self.substeps
@@ -292,11 +294,21 @@ def _check_substeps(substeps: int | str, dt: float) -> None:
                            f"{MAX_SUBSTEPS}; choose a smaller --dt")
 
 
-def _spec_dt(pde: PDE, grid: Grid, factor: float | None) -> float:
-    """Default saved step of a user PDE: ``factor`` (0.24) times dx^2 over its largest diffusion
-    coefficient (linear second-derivative terms)."""
+def _spec_dt(pde: PDE, grid: Grid, factor: float | None, steps: int) -> float:
+    """Default saved step of a user PDE.
+
+    With ``factor``: that multiple of dx^2 over its largest diffusion coefficient D (linear
+    second-derivative terms). Without: the saved horizon is the shorter of one reaction time
+    ``1 / rate`` (:func:`reaction_rate`) and the decay time ``L^2 / (4 pi^2 D)`` of the domain's
+    longest mode, and never under ``steps`` steps of 0.24 dx^2 / D: on a fine grid the diffusive
+    step alone can make ``steps`` frames that hardly change.
+    """
     d = max((abs(t.coeff) for eq in pde.rhs for t in eq
              if len(t.factors) == 1 and t.factors[0].total_order == 2), default=0.0)
-    if d == 0:
-        raise DatagenError(f"{pde.name} has no diffusion term to set a default time step from: give dt (--dt)")
-    return float((0.24 if factor is None else factor) * min(grid.spacing) ** 2 / d)
+    if factor is not None or d == 0:
+        if d == 0:
+            raise DatagenError(f"{pde.name} has no diffusion term to set a default time step from: give dt (--dt)")
+        return float(factor * min(grid.spacing) ** 2 / d)
+    rate = reaction_rate(pde)
+    horizon = min(1.0 / rate if rate > 0 else math.inf, min(grid.extent) ** 2 / (4 * math.pi ** 2 * d))
+    return float(max(0.24 * min(grid.spacing) ** 2 / d, horizon / max(int(steps), 1)))

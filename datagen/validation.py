@@ -15,7 +15,7 @@ from .errors import DatagenError
 from .metadata import DatasetMetadata
 from .store import _h5, _open, _provenance, create_layout, dataset_file
 
-__all__ = ["validate", "ValidationReport"]
+__all__ = ["validate", "ValidationReport", "frame_change"]
 
 
 @dataclass
@@ -359,3 +359,25 @@ def _deep_check(f, prov: dict, names: list[str], n: int, samples: int, seed: int
     if differ:
         rep.errors.append(f"{len(differ)} of {len(picks)} regenerated trajectories differ from the stored ones "
                           f"(first: {differ[0]}): the data is not what its provenance produces")
+
+
+def frame_change(path: str | os.PathLike, trajectories: int = 8) -> float | None:
+    """The largest relative change ``||u_T - u_0|| / max(||u_0||, ||u_T||)`` between the first and
+    last saved frame over the first ``trajectories`` trajectories and all fields; ``None`` when the
+    file holds one frame or no field of size."""
+    with _open(path) as f:
+        group = f["t0_fields"]
+        worst = None
+        for name in group:
+            d = group[name]
+            if d.ndim < 4 or d.shape[1] < 2:
+                return None
+            k = min(int(d.shape[0]), trajectories)
+            first = np.asarray(d[:k, 0], np.float64).reshape(k, -1)
+            last = np.asarray(d[:k, -1], np.float64).reshape(k, -1)
+            size = np.maximum(np.linalg.norm(first, axis=1), np.linalg.norm(last, axis=1))
+            ok = size > 0
+            if ok.any():
+                c = float((np.linalg.norm(last - first, axis=1)[ok] / size[ok]).max())
+                worst = c if worst is None else max(worst, c)
+    return worst

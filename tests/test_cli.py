@@ -523,3 +523,26 @@ def test_generation_reports_progress_off_a_terminal(tmp_path, monkeypatch):
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "trajectories (" in p.stderr and "left" in p.stderr, p.stderr
+
+
+def test_a_typed_pdes_default_step_shows_its_reaction_and_static_frames_get_a_hint(tmp_path):
+    from datagen import GenerationConfig, parse_pde
+
+    slow = parse_pde("u_t = 0.001*(u_xx+u_yy) + 0.01*u*(1-u)", name="slow").to_dict()
+    cfg = GenerationConfig(pde="slow", spec=slow, grid={"shape": [32, 32]}, steps=10).resolve()
+    # the horizon is the longest mode's decay time 1 / (4 pi^2 0.001) = 25, shorter than the reaction's 50
+    assert cfg.dt == pytest.approx(1 / (4 * np.pi ** 2 * 0.001) / 10)
+    fisher = parse_pde("u_t = 0.01*(u_xx+u_yy) + u*(1-u)", name="fisher").to_dict()
+    cfg = GenerationConfig(pde="fisher", spec=fisher, grid={"shape": [100, 100]}, steps=40).resolve()
+    assert cfg.dt == pytest.approx(1 / (2 * 40))  # one reaction time 1 / (1 + 1) over 40 steps
+    fast = parse_pde("u_t = 1.0*(u_xx+u_yy) + 0.01*u", name="fast").to_dict()
+    cfg = GenerationConfig(pde="fast", spec=fast, grid={"shape": [8, 8]}, steps=1000).resolve()
+    assert cfg.dt == pytest.approx(0.24 * (1 / 8) ** 2)  # never below the diffusive step
+    args = ["generate", "--pde", "u_t = 0.001*(u_xx+u_yy) + 0.01*u*(1-u)", "--name", "slow", "--splits", "train=2",
+            "--steps", "10", "--grid", "32,32", "--out", str(tmp_path / "d")]
+    p = subprocess.run([EXE, *args, "--dt", "1e-4"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    hints = [line for line in p.stderr.splitlines() if line.startswith("hint:")]
+    assert len(hints) == 1 and "change by" in hints[0] and "--dt" in hints[0], p.stderr
+    p = subprocess.run([EXE, *args, "--overwrite"], capture_output=True, text=True)
+    assert p.returncode == 0 and "hint:" not in p.stderr, p.stderr

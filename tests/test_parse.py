@@ -66,8 +66,9 @@ def test_typed_pdes_generate_validate_and_regenerate(tmp_path):
 
     exe = str(Path(sys.executable).with_name("datagen"))
     small = ["--grid", "32,32", "--steps", "5", "--quiet", "--splits", "train=3"]
+    # with the catalogue's time scale (0.24 dx^2 / a) given, as the catalogue entry has it
     subprocess.run([exe, "generate", "--pde", "u_t = 0.01*(u_xx + u_yy) + u - u**2", "--ic", "sincos",
-                    "--out", str(tmp_path / "typed"), *small], check=True)
+                    "--dt-factor", "0.24", "--out", str(tmp_path / "typed"), *small], check=True)
     subprocess.run([exe, "generate", "fisher", "--out", str(tmp_path / "cat"), *small], check=True)
     typed, cat = (datagen.open_dataset(tmp_path / d, split="train")["u"].values for d in ("typed", "cat"))
     assert typed.tobytes() == cat.tobytes()  # the same spec gives the same bytes

@@ -111,7 +111,7 @@ def _draw(ax, frame: np.ndarray, extent, vmin=None, vmax=None, cmap="viridis"):
 
 
 def plot_panels(truth: np.ndarray, prediction: np.ndarray, steps: Sequence[int], extent=(0.0, 1.0, 0.0, 1.0),
-                field: int = 0):
+                field: int = 0, scale: str = "per_step"):
     """Truth / prediction / error panels of one trajectory at the chosen steps.
 
     Args:
@@ -119,7 +119,12 @@ def plot_panels(truth: np.ndarray, prediction: np.ndarray, steps: Sequence[int],
         steps: time indices to show (columns).
         extent: ``(x0, x1, y0, y1)`` of the domain.
         field: which field.
+        scale: ``per_step`` (each column its own colour scale, so that the later frames of a
+            decaying field do not look flat; each error panel titled with its largest error
+            relative to that frame's largest value) or ``shared`` (one scale for all columns).
     """
+    if scale not in ("per_step", "shared"):
+        raise SurrogateError(f"scale={scale!r}: choose per_step or shared")
     plt = _plt()
     T = np.asarray(truth.detach().cpu() if isinstance(truth, torch.Tensor) else truth)[:, field]
     P = np.asarray(prediction.detach().cpu() if isinstance(prediction, torch.Tensor) else prediction)[:, field]
@@ -127,20 +132,28 @@ def plot_panels(truth: np.ndarray, prediction: np.ndarray, steps: Sequence[int],
     if any(not 0 <= s < min(len(T), len(P)) for s in steps):
         raise SurrogateError(f"steps {steps} must lie in 0..{min(len(T), len(P)) - 1}")
     fig, axes = plt.subplots(3, len(steps), figsize=(2.8 * len(steps) + 1.0, 8.0), squeeze=False, layout="constrained")
-    lo, hi = float(min(T[steps].min(), P[steps].min())), float(max(T[steps].max(), P[steps].max()))
     err = P[steps] - T[steps]
-    emax = float(np.abs(err).max()) or 1.0
+    shared = (float(min(T[steps].min(), P[steps].min())), float(max(T[steps].max(), P[steps].max())),
+              float(np.abs(err).max()) or 1.0)
     for c, s in enumerate(steps):
+        lo, hi, emax = shared if scale == "shared" else (
+            float(min(T[s].min(), P[s].min())), float(max(T[s].max(), P[s].max())), float(np.abs(err[c]).max()) or 1.0)
         for r, (name, frame) in enumerate((("truth", T[s]), ("prediction", P[s]))):
             im = _draw(axes[r, c], frame, extent, lo, hi)
             axes[r, c].set_title(f"{name}, step {s}", fontsize=9)
         im_e = _draw(axes[2, c], err[c], extent, -emax, emax, cmap="RdBu_r")
-        axes[2, c].set_title(f"error, step {s}", fontsize=9)
+        size = float(np.abs(T[s]).max()) or 1.0
+        axes[2, c].set_title(f"error, step {s}\nmax {np.abs(err[c]).max():.2g} ({np.abs(err[c]).max() / size:.1e} "
+                             "of max|u|)", fontsize=8)
         axes[2, c].set_xlabel("x")
+        if scale == "per_step":
+            fig.colorbar(im, ax=list(axes[:2, c]), shrink=0.7, location="bottom")
+            fig.colorbar(im_e, ax=axes[2, c], shrink=0.7, location="bottom")
     for r in range(3):
         axes[r, 0].set_ylabel("y")
-    fig.colorbar(im, ax=list(axes[:2].ravel()), shrink=0.8)
-    fig.colorbar(im_e, ax=list(axes[2]), shrink=0.8)
+    if scale == "shared":
+        fig.colorbar(im, ax=list(axes[:2].ravel()), shrink=0.8)
+        fig.colorbar(im_e, ax=list(axes[2]), shrink=0.8)
     return fig
 
 

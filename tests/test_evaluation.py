@@ -330,3 +330,22 @@ def test_benchmarks_take_the_published_folder_as_an_argument(tmp_path):
     p = subprocess.run([sys.executable, str(root / "benchmarks" / "anchors.py")], capture_output=True, text=True,
                        env=env)
     assert p.returncode != 0 and "elsewhere" in p.stderr
+
+
+def test_panels_give_each_step_its_own_colour_scale_unless_shared():
+    pytest.importorskip("matplotlib")
+    from pdesurrogate import plotting
+
+    t = np.linspace(0, 1, 16)
+    frame = np.sin(2 * np.pi * t)[:, None] * np.cos(2 * np.pi * t)[None, :]
+    truth = np.stack([frame, 0.01 * frame])[:, None]  # a field that decays 100x
+    pred = truth * 1.01
+    fig = plotting.plot_panels(truth, pred, [0, 1])
+    top = fig.axes[:2]  # the truth row: step 0, step 1
+    assert top[0].images[0].get_clim()[1] == pytest.approx(1.01 * frame.max())
+    assert top[1].images[0].get_clim()[1] == pytest.approx(0.0101 * frame.max())
+    assert "1.0e-02 of max|u|" in fig.axes[5].get_title()  # the error relative to its own frame
+    shared = plotting.plot_panels(truth, pred, [0, 1], scale="shared")
+    assert shared.axes[0].images[0].get_clim() == shared.axes[1].images[0].get_clim()
+    with pytest.raises(ps.SurrogateError, match="per_step or shared"):
+        plotting.plot_panels(truth, pred, [0, 1], scale="log")

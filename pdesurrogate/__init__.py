@@ -8,7 +8,7 @@ from .bound import error_bound
 from .data import WindowDataset, receptive_halo
 from .diagnostics import effective_stencil, fd_stencil, stencil_distance
 from .errors import StabilityWarning, SurrogateError
-from .evaluation import evaluate, relative_to, rollout_error, summarize
+from .evaluation import evaluate, relative_to, rollout_error, summarize, constant_state_growth
 from .exact import embed, exact_channels, exact_surrogate
 from .gauss_newton import step_jacobian
 from .identify import Identified, identify, identify_data
@@ -35,7 +35,7 @@ __all__ = [
     "exact_channels", "exact_surrogate", "embed", "INTEGRATORS", "Surrogate", "SurrogateConfig", "build_surrogate",
     "load", "save", "KEY_MAP", "load_published", "published_config", "BoundaryPad", "StencilConv2d",
     "ConvVectorField", "evaluate", "summarize", "error_split", "default_witness", "witness_in_class",
-    "lipschitz_estimate", "rollout_error", "error_bound", "split_verdict", "relative_to",
+    "lipschitz_estimate", "rollout_error", "error_bound", "split_verdict", "relative_to", "constant_state_growth",
     "step_jacobian", "identify_data", "Recipe", "data_start", "learn",
     "train", "identify", "Identified", "WindowDataset", "receptive_halo", "fit", "FitOptions", "window_loss", "malloc_tuned",
     "__version__",

@@ -32,7 +32,7 @@ from .errors import SurrogateError
 from .metrics import CORRELATION_THRESHOLD, METRIC_NAMES, METRICS, correlation_time
 from .source import check_memory as _check_memory
 
-__all__ = ["evaluate", "summarize", "rollout_error", "relative_to", "METRIC_NAMES"]
+__all__ = ["evaluate", "summarize", "rollout_error", "relative_to", "constant_state_growth", "METRIC_NAMES"]
 
 
 # -- evaluate --------------------------------------------------------------------------------
@@ -183,3 +183,33 @@ def relative_to(report) -> str:
     steps = report["step"].values
     return (f"rel_l2 = ||pred - ref|| / ||ref|| at each step; the mean ||ref|| goes from {n[0]:.4g} at step "
             f"{steps[0]} to {n[-1]:.4g} at step {steps[-1]} ({n[-1] / n[0]:.3g}x)")
+
+
+def constant_state_growth(model: Any, data: Any, values: Sequence[float] = (0.25, 0.5, 0.75)) -> dict[float, float]:
+    """How ``model`` steps spatially constant states, against the data's own solver.
+
+    For each value ``c`` (all fields at ``c``) the relative error of one step's increment,
+    ``(N(c) - c) / (Phi(c) - c) - 1``: ``+0.02`` means the model grows a constant state 2 % too
+    fast per step. Zero-mean training data hardly see wavenumber zero, and a solution that decays
+    to its mean is governed by this number after the trained horizon (docs/training.md). Values
+    where the reference does not move (``|Phi(c) - c|`` below 1e-12) are left out. Needs data
+    with datagen provenance (the solver).
+    """
+    import datagen
+
+    src, _, _, dev, stepper = _prepare_stepper(model, data, 1, None, "cpu", None)
+    if src.provenance is None:
+        raise SurrogateError("constant_state_growth needs data written by datagen (its solver steps the states)")
+    if stepper.predictions is not None:
+        raise SurrogateError("constant_state_growth steps a model, not stored predictions")
+    vals = np.asarray(values, dtype=np.float64)
+    states = np.broadcast_to(vals[:, None, None, None], (len(vals), src.n_fields, *src.shape)).copy()
+    ref = datagen.solve(src.provenance, states, 1)[:, 1]
+    out = stepper.next(torch.as_tensor(states, device=dev).to(stepper.dtype), 1, np.arange(len(vals)))
+    out = out.detach().cpu().numpy().astype(np.float64)
+    result = {}
+    for c, r, n in zip(vals, ref, out):
+        d_ref, d_net = float((r - c).mean()), float((n - c).mean())
+        if abs(d_ref) > 1e-12:
+            result[float(c)] = d_net / d_ref - 1.0
+    return result

@@ -85,6 +85,7 @@ class Recipe:
     start: str = "least-squares"
     anchor: float = 0.0
     anchor_states: int = 8
+    precondition: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in ("mse", "relative"):
@@ -94,6 +95,8 @@ class Recipe:
         if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not (
                 math.isfinite(self.margin) and self.margin > 1):
             raise SurrogateError(f"margin={self.margin!r} must be a number above 1 (the shift over the largest |z|)")
+        if not isinstance(self.precondition, bool):
+            raise SurrogateError(f"precondition={self.precondition!r} must be true or false")
         if isinstance(self.anchor, bool) or not isinstance(self.anchor, (int, float)) or not (
                 math.isfinite(self.anchor) and 0 <= self.anchor <= 1e12):
             raise SurrogateError(f"anchor={self.anchor!r} must be a finite number >= 0 (0: no anchor)")
@@ -363,7 +366,7 @@ def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any
     if rc.lbfgs:
         one = _with_unroll(train, 1)
         one.dtype = torch.float64
-        out = lbfgs_polish(model, one, params, rc.lbfgs, rc.windows, rc.check, False, 1, rc.loss, rc.seed,
+        out = lbfgs_polish(model, one, params, rc.lbfgs, rc.windows, rc.check, rc.precondition, 1, rc.loss, rc.seed,
                            torch.device("cpu"), valid, valid_steps, None, torch.float64, None,
                            math.inf if best is None else best, on_check=record("L-BFGS", rc.lbfgs), extra=extra)
         if valid is not None and out["lbfgs_kept"]:

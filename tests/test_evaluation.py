@@ -349,3 +349,19 @@ def test_panels_give_each_step_its_own_colour_scale_unless_shared():
     assert shared.axes[0].images[0].get_clim() == shared.axes[1].images[0].get_clim()
     with pytest.raises(ps.SurrogateError, match="per_step or shared"):
         plotting.plot_panels(truth, pred, [0, 1], scale="log")
+
+
+def test_constant_state_growth_reads_how_a_model_steps_constant_states(files):
+    from pdesurrogate.evaluation import constant_state_growth
+
+    net = ps.exact_surrogate(catalogue.fisher(), Grid((32, 32)), PAPER_DT, substeps=3, powers=(2,),
+                             dtype=torch.float64)
+    g = constant_state_growth(net, files["small"])
+    assert set(g) == {0.25, 0.5, 0.75} and max(abs(v) for v in g.values()) < 1e-3  # Euler x 3 on the logistic ODE
+    with torch.no_grad():
+        net.vector_field.conv2.weight.mul_(1.05)  # every increment 5 % larger
+        net.vector_field.conv2.bias.mul_(1.05)
+    g = constant_state_growth(net, files["small"])
+    assert all(abs(v - 0.05) < 2e-3 for v in g.values()), g
+    with pytest.raises(ps.SurrogateError, match="not stored predictions"):
+        constant_state_growth(np.zeros((3, 11, 1, 32, 32)), files["small"])

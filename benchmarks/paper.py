@@ -14,15 +14,18 @@ data, 40 steps, 30 test trajectories; training data from datagen's accurate refe
   L-BFGS iterations on 16 whole training trajectories after the L-BFGS polish);
 * the modified-equation witness (``exact_surrogate(..., modified_equation=1)``, in the class), as
   is and polished by L-BFGS;
-* the default recipe (``ps.train``: least-squares start from the data, then L-BFGS; Fisher only,
-  the heat architecture's two channels hold no derivative pair), which reads neither the PDE nor a
-  witness, with its error at step 200 (``--horizon 200``, the reference extended by the solver).
+* the default recipe (``ps.train``, Fisher only: the heat architecture's two channels hold no
+  derivative pair), which reads neither the PDE nor a witness; ``--earlier-default`` adds the
+  recipe before the mean-mode fix (least-squares start, L-BFGS, no anchor) for before / after.
 
     python benchmarks/paper.py [--published DIR] [--pde fisher,heat] [--lbfgs 100] [--lm 15] [--long 0] [--epochs 10]
-                               [--quick] [--default-only] [--horizon 200] [--seed 0]
+                               [--quick] [--default-only] [--earlier-default] [--horizon 200] [--seed 0]
 
 Prints mse, max error and relative L2 (means over the test trajectories) at steps 1, 10, 20, 40
-with each case's training time, and writes benchmarks/results/paper.json.
+(with ``--horizon H``: also 80 and H, on the same test trajectories saved to H by the same solver)
+and how each model steps constant states (``ps.constant_state_growth``: the relative error of the
+increment in %, mean over 0.25, 0.5, 0.75), with each case's training time, and writes
+benchmarks/results/paper.json.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 _HERE = str(Path(__file__).resolve().parent)
@@ -49,15 +53,21 @@ HORIZONS = (1, 10, 20, 40)
 ARCH = {"fisher": dict(hidden=10, kernel_size=5, powers=(2,), substeps=3),
         "heat": dict(hidden=2, kernel_size=5, powers=(1,), substeps=3, bias2=False)}
 PUBLISHED = {"fisher": "FisherNoNoise.pt", "heat": "HeatNoNoise.pt"}
+# the default recipe before the mean-mode fix, for the before / after rows
+EARLIER_DEFAULT = {"start": "least-squares", "anchor": 0.0, "precondition": False}
 
 
-def scores(model, test, steps) -> dict[str, float]:
-    rep = ps.evaluate(model, test, steps=steps)
-    hs = [h for h in HORIZONS if h <= steps]
+def scores(model, test, steps, far: int = 0) -> dict[str, float]:
+    """Means over the test trajectories at the paper's horizons (and 80, ``far`` beyond them), and
+    how the model steps constant states (relative error of the increment, in %, at 0.25 / 0.5 / 0.75)."""
+    rep = ps.evaluate(model, test, steps=max(steps, far))
+    hs = [h for h in (*HORIZONS, 80, far) if 0 < h <= max(steps, far)]
     out = {}
-    for h in hs:
+    for h in dict.fromkeys(hs):
         for k in ("mse", "max_error", "rel_l2"):
             out[f"{k}@{h}"] = float(rep[k].sel(step=h).mean())
+    growth = ps.constant_state_growth(model, test)
+    out["const_growth_%"] = float(np.mean(list(growth.values()))) * 100 if growth else float("nan")
     return out
 
 
@@ -71,13 +81,18 @@ def run_pde(name: str, folder: Path, a: argparse.Namespace, published: Path) -> 
     n = {"train": a.train, "valid": 8, "test": a.test}
     datagen.generate_splits(cfg, n, folder / name, overwrite=True)
     train_f, valid_f, test_f = (datagen.store.dataset_file(folder / name, s) for s in ("train", "valid", "test"))
+    if a.horizon > steps:  # the same test trajectories, saved to the far horizon by the same solver
+        far_cfg = datagen.GenerationConfig(pde=name, steps=a.horizon, seed=a.data_seed)
+        datagen.generate_splits(far_cfg, {"test": a.test}, folder / f"{name}-far", overwrite=True)
+        test_f = datagen.store.dataset_file(folder / f"{name}-far", "test")
     train = ps.WindowDataset(train_f, unroll=3)
     pde, grid = train.pde, train.grid
     arch = {**ARCH[name], "dt": train.dt, "spacing": train.spacing, "boundary": train.boundary}
     rows = []
 
     def add(case, model, seconds=None, note=""):
-        rows.append({"pde": name, "case": case, "train_s": seconds, "note": note, **scores(model, test_f, steps)})
+        rows.append({"pde": name, "case": case, "train_s": seconds, "note": note,
+                     **scores(model, test_f, steps, a.horizon)})
         print(f"  {case}: rel_l2@40 {rows[-1]['rel_l2@40']:.3g}" + (f" ({seconds:.0f} s)" if seconds else ""),
               flush=True)
 
@@ -85,13 +100,14 @@ def run_pde(name: str, folder: Path, a: argparse.Namespace, published: Path) -> 
     if pub.exists() and not a.default_only:
         add(f"published {pub.stem}", ps.load_published(pub))
     if name == "fisher":
-        t0 = time.perf_counter()
-        model, hist = ps.train(folder / name, {"seed": a.seed}, log=None)
-        note = f"data only; seed {a.seed}; best valid {hist.attrs['best_valid']:.3g}"
-        if a.horizon > steps:
-            far = ps.rollout_error(model, test_f, a.horizon)
-            note += f"; rE({a.horizon}) {far:.3g}"
-        add("default recipe (ps.train)", model, time.perf_counter() - t0, note)
+        recipes = {"default recipe (ps.train)": {}}
+        if a.earlier_default:
+            recipes["earlier default (least-squares start, L-BFGS)"] = EARLIER_DEFAULT
+        for case, recipe in recipes.items():
+            t0 = time.perf_counter()
+            model, hist = ps.train(folder / name, {**recipe, "seed": a.seed}, log=None)
+            add(case, model, time.perf_counter() - t0, f"data only; seed {a.seed}; best valid "
+                f"{hist.attrs['best_valid']:.3g}")
     if a.default_only:
         return rows
     model = ps.build_surrogate(**arch, init="stencil")
@@ -153,7 +169,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="8 training and 8 test trajectories, 2 epochs, 10 L-BFGS, 2 Levenberg-Marquardt on 4 windows")
     ap.add_argument("--default-only", action="store_true", help="only the default recipe's row")
-    ap.add_argument("--horizon", type=int, default=0, help="also score the default recipe at this step (e.g. 200)")
+    ap.add_argument("--horizon", type=int, default=0,
+                    help="also score every row at steps 80 and this one (e.g. 200; the test split saved that far)")
+    ap.add_argument("--earlier-default", action="store_true",
+                    help="also the earlier default recipe (least-squares start, L-BFGS, no anchor): before / after")
     ap.add_argument("--seed", type=int, default=0, help="the default recipe's seed (default 0)")
     ap.add_argument("--data-seed", type=int, default=2305, help="seed of the generated data (default 2305)")
     a = ap.parse_args()
@@ -169,8 +188,9 @@ def main() -> None:
             print(f"{name}:", flush=True)
             rows += run_pde(name.strip(), Path(tmp), a, published)
     cols = [("pde", "pde", "s"), ("case", "case", "s")]
-    for h in HORIZONS:
+    for h in (*HORIZONS, *((80, a.horizon) if a.horizon > 40 else ())):
         cols.append((f"rel_l2@{h}", f"rE({h})", ".3g"))
+    cols.append(("const_growth_%", "const. growth %", "+.2f"))
     cols += [("mse@40", "mse(40)", ".2e"), ("max_error@40", "max(40)", ".2e"), ("train_s", "train s", ".0f"),
              ("note", "note", "s")]
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"

@@ -50,6 +50,8 @@ __all__ = ["Recipe", "learn", "train", "data_start"]
 MODEL_DEFAULTS: dict[str, Any] = {"hidden": 10, "kernel_size": 5, "powers": (2,), "substeps": 3, "init": "stencil"}
 # frame pairs the least-squares start reads at most (seeded draw): bounds its memory
 START_PAIRS = 256
+# how often, and up to how many substeps, the recipe retries a start its substeps cannot step
+ADAPT_TRIES, MAX_ADAPTED = 4, 96
 MAX_WINDOWS = 4096
 
 
@@ -71,6 +73,15 @@ class Recipe:
             regression) and start from the class's modified-equation network of it; it keeps the
             growth of constant states that zero-mean data barely show (falls back to
             least-squares when that network is not in the class).
+        anchor: weight of the penalty that holds the model's step at ``anchor_states`` constant
+            states (spanning the training data's range) to the start's, during L-BFGS; 0: none.
+            Zero-mean data hardly constrain wavenumber zero, which governs a solution that decays
+            to its mean after the trained horizon.
+        precondition: L-BFGS on the weights scaled by their Gauss-Newton diagonal (needed from the
+            identified start, whose biases near 1e3 sit beside K2 entries near 1e-4).
+        adapt_substeps: when the start's linearised field cannot be stepped stably at the data's
+            ``dt`` by the model's substeps, take the fewest that can (one line says so) and start
+            again.
     """
 
     margin: float = 1.25
@@ -82,10 +93,11 @@ class Recipe:
     valid_steps: int | None = None
     loss: str = "mse"
     seed: int = 0
-    start: str = "least-squares"
-    anchor: float = 0.0
+    start: str = "identify"
+    anchor: float = 100.0
     anchor_states: int = 8
-    precondition: bool = False
+    precondition: bool = True
+    adapt_substeps: bool = True
 
     def __post_init__(self) -> None:
         if self.loss not in ("mse", "relative"):
@@ -95,8 +107,9 @@ class Recipe:
         if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not (
                 math.isfinite(self.margin) and self.margin > 1):
             raise SurrogateError(f"margin={self.margin!r} must be a number above 1 (the shift over the largest |z|)")
-        if not isinstance(self.precondition, bool):
-            raise SurrogateError(f"precondition={self.precondition!r} must be true or false")
+        for flag in ("precondition", "adapt_substeps"):
+            if not isinstance(getattr(self, flag), bool):
+                raise SurrogateError(f"{flag}={getattr(self, flag)!r} must be true or false")
         if isinstance(self.anchor, bool) or not isinstance(self.anchor, (int, float)) or not (
                 math.isfinite(self.anchor) and 0 <= self.anchor <= 1e12):
             raise SurrogateError(f"anchor={self.anchor!r} must be a finite number >= 0 (0: no anchor)")
@@ -280,6 +293,40 @@ def _anchor(model: Surrogate, frames: torch.Tensor, rc: Recipe) -> Callable[[], 
     return extra
 
 
+def _start(model: Surrogate, train: WindowDataset, frames: torch.Tensor, rc: Recipe, say) -> dict[str, float]:
+    """The start read from the data; with ``rc.adapt_substeps``, on the fewest substeps that step the
+    data's dt stably when the model's own cannot (decided from the start's linearised field)."""
+    from .stability import probe_states, step_stability, warn_if_unstable
+
+    for attempt in range(ADAPT_TRIES + 1):
+        fit = _identified_start(model, train, rc, say) if rc.start == "identify" else None
+        if fit is None:
+            fit = data_start(model, frames, rc.margin)
+        st = step_stability(model, probe_states(frames[:, 0].numpy()), tuple(frames.shape[-2:]))
+        if st is None or st.stable or not rc.adapt_substeps or attempt == ADAPT_TRIES:
+            break
+        # the start depends on the substeps (the Euler correction, the modified equation): a
+        # start rebuilt for more substeps can need fewer than the old start's analysis says
+        more = min(max(st.needed or 0, 2 * model.substeps), MAX_ADAPTED)
+        if more <= model.substeps:
+            break
+        say(f"start: {model.substeps} substep(s) cannot step dt={model.dt:.4g} stably (a mode grows by "
+            f"{st.amplification:.4g} per substep); taking {more} substeps and starting again")
+        _set_substeps(model, more)
+    warn_if_unstable(model, frames[:, 0].numpy())
+    return fit
+
+
+def _set_substeps(model: Surrogate, substeps: int) -> None:
+    from datagen.limits import MAX_SUBSTEPS
+
+    from .model import SurrogateConfig
+
+    model.substeps = min(int(substeps), MAX_SUBSTEPS)
+    if model.config is not None:
+        model.config = SurrogateConfig.from_dict({**model.config.to_dict(), "substeps": model.substeps})
+
+
 def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any = None,
           recipe: Recipe | Mapping[str, Any] | None = None, *, checkpoint: str | os.PathLike | None = None,
           log: Callable[[str], None] | None = print):
@@ -332,12 +379,7 @@ def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any
     rows: list[tuple[str, int, float, float]] = []
     t0 = time.perf_counter()
     frames = _frames(train, START_PAIRS, rc.seed)
-    from .stability import warn_if_unstable
-
-    warn_if_unstable(model, frames[:, 0].numpy())
-    fit = _identified_start(model, train, rc, say) if rc.start == "identify" else None
-    if fit is None:
-        fit = data_start(model, frames, rc.margin)
+    fit = _start(model, train, frames, rc, say)
     v0 = score()
     with torch.no_grad():
         loss0 = float(((model(frames[:16, 0]) - frames[:16, 1]) ** 2).mean())

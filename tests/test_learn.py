@@ -251,3 +251,31 @@ def test_a_blown_up_validation_rollout_is_reported_and_the_start_kept(folder, mo
     assert hist.attrs["blew_up"] == "L-BFGS iteration 5"
     for (n, x), (_, y) in zip(model.state_dict().items(), start.state_dict().items()):
         assert torch.equal(x, y), n  # the best validated state is the start
+
+
+def test_the_anchor_holds_how_the_model_steps_constant_states(folder):
+    test = folder / "data" / "test" / "fisher.hdf5"
+    opts = {"start": "identify", "precondition": True, "lbfgs": 40, "windows": 8, "check": 10}
+    free, _ = ps.train(folder, {**opts, "anchor": 0.0}, log=None)
+    held, hist = ps.train(folder, {**opts, "anchor": 1.0}, log=None)
+    g_free, g_held = ps.constant_state_growth(free, test), ps.constant_state_growth(held, test)
+    worst_free, worst_held = max(map(abs, g_free.values())), max(map(abs, g_held.values()))
+    assert worst_held < worst_free / 10 and worst_held < 0.05, (g_free, g_held)
+    assert list(hist.phase.values[:2]) == ["start", "L-BFGS"]
+
+
+def test_a_step_the_models_substeps_cannot_take_stably_gets_more_substeps(tmp_path):
+    dt = 0.03  # 64 x 64, a = 0.01: Euler needs h <= dx^2 / (4 a) = 0.0061 per substep, 3 substeps give 0.01
+    for split, n in (("train", 4), ("valid", 2)):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        datagen.generate(datagen.GenerationConfig(pde="fisher", steps=12, grid=Grid((64, 64)).to_dict(), dt=dt,
+                                                  initial={"name": "sincos", "k_min": 1, "k_max": 2},
+                                                  split=split, n_trajectories=n, seed=1),
+                         tmp_path / "data" / split / "fisher.hdf5")
+    lines = []
+    model, _ = ps.train(tmp_path, {"lbfgs": 0, "start": "identify"}, log=lines.append)
+    assert model.substeps >= 4 and model.config.substeps == model.substeps
+    assert any(f"taking {model.substeps} substeps" in line for line in lines), lines
+    assert ps.rollout_error(model, tmp_path / "data" / "valid" / "fisher.hdf5", 12) < 0.05
+    kept, _ = ps.train(tmp_path, {"lbfgs": 0, "start": "identify", "adapt_substeps": False}, log=None)
+    assert kept.substeps == 3

@@ -31,6 +31,7 @@ benchmarks/results/paper.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -100,7 +101,7 @@ def run_pde(name: str, folder: Path, a: argparse.Namespace, published: Path) -> 
     if pub.exists() and not a.default_only:
         add(f"published {pub.stem}", ps.load_published(pub))
     if name == "fisher":
-        recipes = {"default recipe (ps.train)": {}}
+        recipes = {"default recipe (ps.train)" + (f" {a.recipe}" if a.recipe else ""): json.loads(a.recipe or "{}")}
         if a.earlier_default:
             recipes["earlier default (least-squares start, L-BFGS)"] = EARLIER_DEFAULT
         for case, recipe in recipes.items():
@@ -171,6 +172,7 @@ def main() -> None:
     ap.add_argument("--default-only", action="store_true", help="only the default recipe's row")
     ap.add_argument("--horizon", type=int, default=0,
                     help="also score every row at steps 80 and this one (e.g. 200; the test split saved that far)")
+    ap.add_argument("--recipe", default="", help='options over the default recipe, as JSON (e.g. \'{"anchor": 0}\')')
     ap.add_argument("--earlier-default", action="store_true",
                     help="also the earlier default recipe (least-squares start, L-BFGS, no anchor): before / after")
     ap.add_argument("--seed", type=int, default=0, help="the default recipe's seed (default 0)")

@@ -3,22 +3,28 @@
 ``learn(model, train, valid)`` needs no PDE and no witness: the grid, ``dt`` and the boundary of
 the data are all it reads. Two phases, each scored by the validation rollout:
 
-1. **Start from the data** (:func:`data_start`). K1 holds sign pairs ``+d, -d`` of the
-   finite-difference stencils (``init="stencil"``). Each channel's shift is set to ``margin``
-   times the largest ``|z_c|`` its stencil produces on the training inputs, so every channel
-   works where ``relu^2(b + z)`` and ``relu^2(b - z)`` together span ``{1, z, z^2}``. Given K1 and
-   the shifts, the vector field is linear in K2's centre taps and ``b2``: they are the linear
-   least-squares fit of the time derivative read from the data (central differences, with the
-   correction that makes Euler substeps of the field follow the flow), variable projection.
-2. **L-BFGS on one-step windows** over all weights (then, optionally, Levenberg-Marquardt with
-   the exact Jacobian), from that start.
+1. **Start from the data.** ``start="identify"`` (the default) reads a PDE from the frames by
+   sparse regression (:func:`pdesurrogate.identify_data`) and builds the class's
+   modified-equation network of it, the construction of the witnesses with the identified
+   equation in place of a given one. ``start="least-squares"`` (also the fallback when too few
+   frames or a PDE outside the class): K1 holds sign pairs ``+d, -d`` of the finite-difference
+   stencils, each channel shifted by ``margin`` times the largest ``|z_c|`` its stencil gives on
+   the data, so ``relu^2(b + z)`` and ``relu^2(b - z)`` together span ``{1, z, z^2}``; the field
+   is then linear in K2's centre taps and ``b2``, fitted by least squares to the time derivative
+   read from the data (variable projection). When the start cannot be stepped stably at the
+   data's ``dt`` by the model's substeps, it takes more and starts again.
+2. **L-BFGS on one-step windows** over all weights, preconditioned by the Gauss-Newton diagonal,
+   with a penalty that holds the model's step at constant states to the start's (``anchor``):
+   zero-mean data hardly see wavenumber zero, and free training bends the network there, which
+   governs the rollout once the solution decays to its mean (the drift after the trained
+   horizon). Optionally Levenberg-Marquardt with the exact Jacobian afterwards.
 
 After every check the validation rollout error decides, and the model ends in the best validated
 state (never worse than its start); a rollout that blows up is reported in one line.
-Measured on Fisher (docs/benchmarks.md): K2's off-centre taps fitted by least squares as well
-made every rollout blow up (smooth data do not see the high wavenumbers they amplify), and
-Levenberg-Marquardt steps from the data start moved the validation error up and down by 3x from
-one iteration to the next, where L-BFGS descends steadily.
+Measured on Fisher (docs/training.md): without the anchor the same L-BFGS reached rE(40) 1.2e-4
+but 7e-3 at step 200 (constant states grown 1.6 % too fast); K2's off-centre taps fitted by least
+squares made every rollout blow up; Levenberg-Marquardt from the least-squares start moved the
+validation error up and down threefold from one iteration to the next.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -35,296 +40,17 @@ import torch
 
 from datagen.progress import eta_text
 
+from .checkpoint import save
 from .data import WindowDataset
 from .errors import SurrogateError
 from .evaluation import rollout_error
 from .gauss_newton import lm_polish
-from .checkpoint import save
 from .model import Surrogate, build_surrogate
 from .polish import lbfgs_polish
-from .vector_field import ConvVectorField
+from .recipe import MODEL_DEFAULTS, START_PAIRS, Recipe, _draw
+from .starts import _anchor, _field_of, _frames, _start, _with_unroll, data_start
 
 __all__ = ["Recipe", "learn", "train", "data_start"]
-
-# the paper's class for Fisher: 10 hidden channels of power 2, 5 x 5 kernels, Euler x 3
-MODEL_DEFAULTS: dict[str, Any] = {"hidden": 10, "kernel_size": 5, "powers": (2,), "substeps": 3, "init": "stencil"}
-# frame pairs the least-squares start reads at most (seeded draw): bounds its memory
-START_PAIRS = 256
-# how often, and up to how many substeps, the recipe retries a start its substeps cannot step
-ADAPT_TRIES, MAX_ADAPTED = 4, 96
-MAX_WINDOWS = 4096
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Options of the default recipe, one set of defaults for Python, the TOML ``[recipe]`` table
-    and the CLI.
-
-    Args:
-        margin: channel shifts as a multiple of the largest ``|z_c|`` on the training inputs.
-        lbfgs: L-BFGS iterations (strong Wolfe line search) on ``windows`` one-step windows,
-            validated every ``check`` iterations.
-        lm: Levenberg-Marquardt iterations afterwards on ``lm_windows`` one-step windows (0: none).
-        valid_steps: horizon of the validation rollout (default: every stored step).
-        loss: ``mse`` or ``relative`` (see :func:`pdesurrogate.window_loss`).
-        seed: seed of the window draws.
-        start: ``least-squares`` (K1 stencils with shifts from the data, K2's centre taps fitted)
-            or ``identify``: read a PDE from the data (:func:`pdesurrogate.identify_data`, sparse
-            regression) and start from the class's modified-equation network of it; it keeps the
-            growth of constant states that zero-mean data barely show (falls back to
-            least-squares when that network is not in the class).
-        anchor: weight of the penalty that holds the model's step at ``anchor_states`` constant
-            states (spanning the training data's range) to the start's, during L-BFGS; 0: none.
-            Zero-mean data hardly constrain wavenumber zero, which governs a solution that decays
-            to its mean after the trained horizon.
-        precondition: L-BFGS on the weights scaled by their Gauss-Newton diagonal (needed from the
-            identified start, whose biases near 1e3 sit beside K2 entries near 1e-4).
-        adapt_substeps: when the start's linearised field cannot be stepped stably at the data's
-            ``dt`` by the model's substeps, take the fewest that can (one line says so) and start
-            again.
-    """
-
-    margin: float = 1.25
-    lbfgs: int = 200
-    windows: int = 64
-    check: int = 10
-    lm: int = 0
-    lm_windows: int = 16
-    valid_steps: int | None = None
-    loss: str = "mse"
-    seed: int = 0
-    start: str = "identify"
-    anchor: float = 100.0
-    anchor_states: int = 8
-    precondition: bool = True
-    adapt_substeps: bool = True
-
-    def __post_init__(self) -> None:
-        if self.loss not in ("mse", "relative"):
-            raise SurrogateError(f"loss={self.loss!r}: choose mse or relative")
-        if self.start not in ("least-squares", "identify"):
-            raise SurrogateError(f"start={self.start!r}: choose least-squares or identify")
-        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not (
-                math.isfinite(self.margin) and self.margin > 1):
-            raise SurrogateError(f"margin={self.margin!r} must be a number above 1 (the shift over the largest |z|)")
-        for flag in ("precondition", "adapt_substeps"):
-            if not isinstance(getattr(self, flag), bool):
-                raise SurrogateError(f"{flag}={getattr(self, flag)!r} must be true or false")
-        if isinstance(self.anchor, bool) or not isinstance(self.anchor, (int, float)) or not (
-                math.isfinite(self.anchor) and 0 <= self.anchor <= 1e12):
-            raise SurrogateError(f"anchor={self.anchor!r} must be a finite number >= 0 (0: no anchor)")
-        for name, low, high in (("lbfgs", 0, 100_000), ("windows", 1, MAX_WINDOWS), ("check", 1, 100_000),
-                                ("lm", 0, 1000), ("lm_windows", 1, MAX_WINDOWS), ("seed", 0, 2 ** 63 - 1),
-                                ("anchor_states", 1, 256),
-                                ("valid_steps", 1, 100_000)):
-            v = getattr(self, name)
-            if v is None and name == "valid_steps":
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-                raise SurrogateError(f"{name}={v!r} must be an integer from {low} to {high}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Recipe":
-        """A recipe from a plain dict (a TOML table), refusing unknown keys."""
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise SurrogateError(f"unknown recipe option(s) {sorted(unknown)}; allowed: "
-                                 f"{', '.join(f.name for f in fields(cls))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict."""
-        return asdict(self)
-
-
-def _draw(n: int, k: int, seed: int, stream: int) -> list[int]:
-    """``k`` of ``range(n)`` (seeded, sorted), all of them when ``k >= n``."""
-    if k >= n:
-        return list(range(n))
-    g = np.random.default_rng([int(seed), int(stream)])
-    return sorted(int(i) for i in g.choice(n, size=k, replace=False))
-
-
-def _field_of(model: Surrogate) -> ConvVectorField:
-    vf = model.vector_field
-    if not isinstance(vf, ConvVectorField) or vf.conv1.bias is None:
-        raise SurrogateError("the default recipe trains a ConvVectorField with a first-layer bias "
-                             "(build_surrogate(..., init='stencil'))")
-    return vf
-
-
-@torch.no_grad()
-def data_start(model: Surrogate, windows: torch.Tensor, margin: float = 1.25) -> dict[str, float]:
-    """Set ``model``'s shifts from the data and its K2 centre taps and ``b2`` by least squares.
-
-    Args:
-        model: a surrogate with a :class:`ConvVectorField` (K1 as built, e.g. ``init="stencil"``).
-        windows: consecutive frames ``(n, 3, fields, x, y)`` (or ``(n, 2, ...)`` when the data
-            hold one step), ``dt`` apart.
-        margin: each shift is ``margin * max |z_c|`` over the frames the fit reads.
-
-    With three frames the target at the middle one is the central difference
-    ``(u^{n+1} - u^{n-1}) / 2dt`` (the time derivative to ``O(dt^2)``) plus, for Euler substeps,
-    ``(u^{n+1} - 2u^n + u^{n-1}) / (2 s dt)``: ``s`` Euler substeps of F advance
-    ``u + dt F + (1 - 1/s) dt^2 F'F / 2``, the flow ``u + dt f + dt^2 f'f / 2``, so the F whose
-    steps follow the flow carries ``dt f'f / 2s`` beside ``f`` (the modified equation, read
-    from the data). With two frames it is the forward difference. Returns the least-squares
-    fit's relative residual per field.
-    """
-    if windows.dim() != 5 or windows.shape[1] < 2:
-        raise SurrogateError(f"data_start reads windows (n, 2 or 3, fields, x, y), not {tuple(windows.shape)}")
-    vf = _field_of(model)
-    dtype = vf.conv1.weight.dtype
-    w = windows.to(dtype)
-    if w.shape[1] >= 3:
-        c = 1.0 / (2 * model.substeps) if model.integrator in ("euler", "projected_euler") else 0.0
-        u0, target = w[:, 1], (w[:, 2] - w[:, 0]) / (2 * model.dt) + c * (w[:, 2] - 2 * w[:, 1] + w[:, 0]) / model.dt
-    else:
-        u0, target = w[:, 0], (w[:, 1] - w[:, 0]) / model.dt
-    return _least_squares_start(model, u0, target, margin)
-
-
-def _least_squares_start(model: Surrogate, u0: torch.Tensor, target: torch.Tensor, margin: float) -> dict[str, float]:
-    vf = _field_of(model)
-    c1, c2 = vf.conv1, vf.conv2
-    dtype = c1.weight.dtype
-    scale = c1.bias_scale.to(dtype).view(1, -1, 1, 1)
-    c1.bias.zero_()
-    zmax = torch.zeros(vf.hidden, dtype=torch.float64)
-    for chunk in u0.split(16):
-        zmax = torch.maximum(zmax, (c1(chunk) / scale).abs().amax(dim=(0, 2, 3)).to(torch.float64))
-    if not bool(torch.isfinite(zmax).all()):
-        raise SurrogateError("the training frames hold non-finite values: clean the data first")
-    # a channel that sees nothing (a constant field) still gets a unit shift
-    c1.bias.copy_((margin * torch.where(zmax > 0, zmax, torch.ones_like(zmax))).to(dtype))
-    C, Fo = vf.hidden, vf.n_fields
-    # normal equations accumulated over chunks: the features of all frames need not fit in memory
-    AtA = torch.zeros(C + 1, C + 1, dtype=torch.float64)
-    Atb = torch.zeros(C + 1, Fo, dtype=torch.float64)
-    btb = torch.zeros(Fo, dtype=torch.float64)
-    for a, b in zip(u0.split(16), target.split(16)):
-        h = vf.act(c1(a)).to(torch.float64)
-        A = torch.cat([h.permute(0, 2, 3, 1).reshape(-1, C), torch.ones(h[:, 0].numel(), 1, dtype=torch.float64)], 1)
-        y = b.to(torch.float64).permute(0, 2, 3, 1).reshape(-1, Fo)
-        AtA += A.T @ A
-        Atb += A.T @ y
-        btb += (y * y).sum(0)
-    d = AtA.diagonal().sqrt().clamp(min=1e-300)
-    # scaled, with a relative ridge of 1e-12: sign pairs of a channel that never leaves its
-    # quadratic region are linearly dependent with the constant column
-    M = AtA / d[:, None] / d[None, :]
-    sol = torch.linalg.solve(M + 1e-12 * torch.eye(C + 1, dtype=torch.float64), Atb / d[:, None]) / d[:, None]
-    r = c2.kernel_size // 2
-    c2.weight.zero_()
-    c2.weight[:, :, r, r] = (sol[:C].T / c2.kernel_scale.to(torch.float64)).to(dtype)
-    if c2.bias is not None:
-        c2.bias.copy_((sol[C] / c2.bias_scale.to(torch.float64)).to(dtype))
-    resid = (btb - 2 * (sol * Atb).sum(0) + (sol * (AtA @ sol)).sum(0)).clamp(min=0)
-    return {f"field {f}": float((resid[f] / btb[f].clamp(min=1e-300)).sqrt()) for f in range(Fo)}
-
-
-def _with_unroll(train: WindowDataset, unroll: int) -> WindowDataset:
-    """``train``'s trajectories cut into windows of ``unroll`` steps."""
-    if train.unroll == unroll:
-        return train
-    return WindowDataset(train.path, unroll=unroll, stride=train.stride, fields=train.fields,
-                         trajectories=train.trajectories)
-
-
-def _frames(train: WindowDataset, k: int, seed: int) -> torch.Tensor:
-    """``k`` windows of three frames (two when the data hold one step), seeded."""
-    ds = _with_unroll(train, 2) if train.n_time >= 3 else train
-    return torch.stack([torch.as_tensor(ds.window(i)[:3]) for i in _draw(len(ds), k, seed, 1)]).to(torch.float64)
-
-
-def _identified_start(model: Surrogate, train: WindowDataset, rc: Recipe, say) -> dict[str, float] | None:
-    """Start from the class's modified-equation network of the PDE read from the data; None (and a
-    line) when the data hold fewer than five frames or that network is not in the class."""
-    from .exact import embed
-    from .identify import identify_data
-    from .witness import default_witness
-
-    if train.n_time < 5:
-        say("start: identify needs five consecutive frames; starting by least squares")
-        return None
-    ds = _with_unroll(train, 4)
-    frames = torch.stack([torch.as_tensor(ds.window(i)[:5]) for i in _draw(len(ds), START_PAIRS // 4, rc.seed, 3)])
-    found = identify_data(frames.to(torch.float64), train.dt, train.spacing, fields=train.fields,
-                          boundary=train.boundary)
-    say(f"start: the data read as {found.text()} (relative residual "
-        f"{', '.join(f'{v:.2g}' for v in found.residual.values())})")
-    witness, meta = default_witness(model, found.pde, train.grid)
-    if not meta["witness_in_class"]:
-        say(f"start: its {meta['witness']} network is not in the model's class ({meta['witness_class_note']}); "
-            "starting by least squares")
-        return None
-    embed(witness.to(torch.float64), model)
-    return {**found.residual, "identified": 1.0}
-
-
-def constant_states(frames: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """``n`` spatially constant states ``(n, fields, x, y)`` spanning the range of ``frames``
-    ``(..., fields, x, y)``: evenly spaced for one field, a seeded draw in the box for several."""
-    flat = frames.transpose(0, -3).reshape(frames.shape[-3], -1)
-    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
-    if frames.shape[-3] == 1:
-        t = torch.linspace(0, 1, n, dtype=frames.dtype)[:, None]
-    else:
-        t = torch.as_tensor(np.random.default_rng([int(seed), 4]).random((n, frames.shape[-3])), dtype=frames.dtype)
-    values = lo + t * (hi - lo)
-    return values[:, :, None, None].expand(n, frames.shape[-3], *frames.shape[-2:]).contiguous()
-
-
-def _anchor(model: Surrogate, frames: torch.Tensor, rc: Recipe) -> Callable[[], torch.Tensor]:
-    """The penalty that holds the model's step at constant states to the start's.
-
-    The training windows of zero-mean data hardly see wavenumber zero, and free training bends the
-    network's symbol there (the drift after the trained horizon, docs/training.md); the start read
-    from the data (``start="identify"``) steps constant states as the identified reaction does.
-    The penalty is ``anchor`` times the mean squared step difference per cell, on the scale of one
-    window's loss."""
-    states = constant_states(frames[:, 0], rc.anchor_states, rc.seed)
-    with torch.no_grad():
-        target = model(states)
-
-    def extra() -> torch.Tensor:
-        return rc.anchor * ((model(states) - target) ** 2).mean()
-
-    return extra
-
-
-def _start(model: Surrogate, train: WindowDataset, frames: torch.Tensor, rc: Recipe, say) -> dict[str, float]:
-    """The start read from the data; with ``rc.adapt_substeps``, on the fewest substeps that step the
-    data's dt stably when the model's own cannot (decided from the start's linearised field)."""
-    from .stability import probe_states, step_stability, warn_if_unstable
-
-    for attempt in range(ADAPT_TRIES + 1):
-        fit = _identified_start(model, train, rc, say) if rc.start == "identify" else None
-        if fit is None:
-            fit = data_start(model, frames, rc.margin)
-        st = step_stability(model, probe_states(frames[:, 0].numpy()), tuple(frames.shape[-2:]))
-        if st is None or st.stable or not rc.adapt_substeps or attempt == ADAPT_TRIES:
-            break
-        # the start depends on the substeps (the Euler correction, the modified equation): a
-        # start rebuilt for more substeps can need fewer than the old start's analysis says
-        more = min(max(st.needed or 0, 2 * model.substeps), MAX_ADAPTED)
-        if more <= model.substeps:
-            break
-        say(f"start: {model.substeps} substep(s) cannot step dt={model.dt:.4g} stably (a mode grows by "
-            f"{st.amplification:.4g} per substep); taking {more} substeps and starting again")
-        _set_substeps(model, more)
-    warn_if_unstable(model, frames[:, 0].numpy())
-    return fit
-
-
-def _set_substeps(model: Surrogate, substeps: int) -> None:
-    from datagen.limits import MAX_SUBSTEPS
-
-    from .model import SurrogateConfig
-
-    model.substeps = min(int(substeps), MAX_SUBSTEPS)
-    if model.config is not None:
-        model.config = SurrogateConfig.from_dict({**model.config.to_dict(), "substeps": model.substeps})
 
 
 def learn(model: Surrogate, train: WindowDataset | str | os.PathLike, valid: Any = None,

@@ -107,8 +107,8 @@ def step_stability(model: Surrogate, states: Sequence[Sequence[float]] | np.ndar
             worst = (ratio, amp, allowed, float(c[0]))
         need = max(need, _needed(poly, lam, model.dt, cap, tol))
     ratio, amp, allowed, state = worst
-    return StepStability(ratio <= (1 + tol) ** (1 / model.substeps), amp, allowed, int(model.substeps), None if need > MAX_SUGGESTED else need,
-                         state)
+    return StepStability(ratio <= (1 + tol) ** (1 / model.substeps), amp, allowed, int(model.substeps),
+                         None if need > MAX_SUGGESTED else need, state)
 
 
 def _needed(poly, lam: np.ndarray, dt: float, cap: float, tol: float) -> int:

@@ -47,7 +47,7 @@ def read_config(path: str | None) -> dict[str, dict[str, Any]]:
                              "[fit]")
     model_keys = set(SurrogateConfig.__dataclass_fields__) - set(FROM_DATA)
     fit_keys = set(FitOptions.names()) - {"progress", "log"}
-    from .learn import Recipe
+    from .recipe import Recipe
 
     out: dict[str, Any] = {"given": set(raw)}
     for table, allowed, defaults in (("data", set(DATA_KEYS), DATA_KEYS), ("model", model_keys, MODEL_DEFAULTS),
@@ -92,7 +92,7 @@ def train_cmd(a: argparse.Namespace) -> int:
     if recipe == "default":
         if a.seed is not None:
             cfg["recipe"]["seed"] = a.seed
-        from .learn import Recipe
+        from .recipe import Recipe
 
         Recipe.from_dict(cfg["recipe"])  # options checked before any file is touched
     for key in ("epochs", "seed", "device"):

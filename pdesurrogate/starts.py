@@ -9,6 +9,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from datagen.errors import DatagenError
+
 from .data import WindowDataset
 from .errors import SurrogateError
 from .model import Surrogate
@@ -16,6 +18,10 @@ from .recipe import ADAPT_TRIES, MAX_ADAPTED, START_PAIRS, Recipe, _draw
 from .vector_field import ConvVectorField
 
 __all__ = ["data_start", "constant_states"]
+
+# an identified PDE that leaves more of the data's time derivative unexplained (relative L2) is
+# no start: the least-squares fit of the data is
+IDENTIFY_RESIDUAL = 0.05
 
 
 def _field_of(model: Surrogate) -> ConvVectorField:
@@ -112,7 +118,8 @@ def _frames(train: WindowDataset, k: int, seed: int) -> torch.Tensor:
 
 def _identified_start(model: Surrogate, train: WindowDataset, rc: Recipe, say) -> dict[str, float] | None:
     """Start from the class's modified-equation network of the PDE read from the data; None (and a
-    line) when the data hold fewer than five frames or that network is not in the class."""
+    line) when the data hold fewer than five frames, the equation explains too little of them, or
+    no network of the class holds it."""
     from .exact import embed
     from .identify import identify_data
     from .witness import default_witness
@@ -126,7 +133,16 @@ def _identified_start(model: Surrogate, train: WindowDataset, rc: Recipe, say) -
                           boundary=train.boundary)
     say(f"start: the data read as {found.text()} (relative residual "
         f"{', '.join(f'{v:.2g}' for v in found.residual.values())})")
-    witness, meta = default_witness(model, found.pde, train.grid)
+    worst = max(found.residual.values(), default=0.0)
+    if not worst <= IDENTIFY_RESIDUAL:
+        say(f"start: that equation leaves {worst:.2g} of the time derivative unexplained (more than "
+            f"{IDENTIFY_RESIDUAL:g}); starting by least squares")
+        return None
+    try:
+        witness, meta = default_witness(model, found.pde, train.grid)
+    except (DatagenError, SurrogateError) as exc:
+        say(f"start: no network of the class holds that equation ({exc}); starting by least squares")
+        return None
     if not meta["witness_in_class"]:
         say(f"start: its {meta['witness']} network is not in the model's class ({meta['witness_class_note']}); "
             "starting by least squares")

@@ -279,3 +279,14 @@ def test_a_step_the_models_substeps_cannot_take_stably_gets_more_substeps(tmp_pa
     assert ps.rollout_error(model, tmp_path / "data" / "valid" / "fisher.hdf5", 12) < 0.05
     kept, _ = ps.train(tmp_path, {"lbfgs": 0, "start": "identify", "adapt_substeps": False}, log=None)
     assert kept.substeps == 3
+
+
+def test_an_identified_equation_that_explains_little_falls_back_to_least_squares(tmp_path):
+    for split, n in (("train", 3), ("valid", 1)):  # too few, too short, too coarse to read a PDE from
+        (tmp_path / "data" / split).mkdir(parents=True)
+        datagen.generate(datagen.GenerationConfig(pde="fisher", steps=6, grid=Grid((24, 24)).to_dict(), split=split,
+                                                  n_trajectories=n, seed=0), tmp_path / "data" / split / "fisher.hdf5")
+    lines = []
+    model, hist = ps.train(tmp_path, {"lbfgs": 2, "check": 1}, log=lines.append)
+    assert any("starting by least squares" in line for line in lines), lines
+    assert np.isfinite(hist.attrs["best_valid"])

@@ -9,11 +9,12 @@ papermill = pytest.importorskip("papermill", reason="pip install -e '.[dev]' (pa
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 TINY = {
-    "01_fisher_quickstart": {"grid": 24, "n_train": 3, "n_valid": 1, "n_test": 2, "steps": 6, "lbfgs": 2},
+    "01_fisher_quickstart": {"grid": 24, "n_train": 3, "n_valid": 1, "n_test": 2, "steps": 6, "far": 8, "lbfgs": 2,
+                             "adam_epochs": 1},
     "02_exact_networks_and_error_splitting": {"grid": 24, "n_train": 3, "n_valid": 1, "n_test": 2, "steps": 6,
                                               "lbfgs": 2},
     "03_structure_preserving": {"grid": 16, "n_train": 2, "n_test": 2, "steps": 12, "train_steps": 4, "epochs": 1},
-    "04_learned_vs_fd_stencils": {"grid": 24, "n_train": 3, "n_valid": 1, "n_test": 2, "steps": 6, "epochs": 1},
+    "04_learned_vs_fd_stencils": {"grid": 24, "n_train": 3, "n_valid": 1, "n_test": 2, "steps": 6, "lbfgs": 2},
 }
 
 

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--degree", type=int, help="highest degree of a term (default: the largest activation power, >= 2)")
     i.add_argument("--threshold", type=float, default=1e-3,
                    help="drop terms below this share of the field's RMS (default 1e-3)")
+    i.add_argument("--read", choices=("flow", "field"), default="flow",
+                   help="flow: the equation the model's steps follow (default); field: the vector field its "
+                        "integrator steps (with Euler substeps it carries the modified equation's terms)")
     t = sub.add_parser("train", help="train a surrogate on DATA's train split, validate on valid, score test",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("data", help="dataset folder written by `datagen generate` (its train split, and valid / test "
@@ -251,7 +254,7 @@ def identify_cmd(a: argparse.Namespace) -> int:
 
     path = Path(a.model)
     model = load(path / "model.pt" if path.is_dir() else path, dtype=torch.float64)
-    print(identify(model, a.data, degree=a.degree, threshold=a.threshold, split=a.split))
+    print(identify(model, a.data, degree=a.degree, threshold=a.threshold, split=a.split, read=a.read))
     return 0
 
 

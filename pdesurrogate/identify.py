@@ -73,8 +73,9 @@ def _derivatives(u: torch.Tensor, spacing: tuple[float, float], orders: Sequence
 
 def identify(model: Surrogate, data: Any, *, degree: int | None = None, threshold: float = 1e-3,
              frames: int = 64, seed: int = 0, split: str = "train",
-             spacing: tuple[float, float] | None = None) -> Identified:
-    """Fit ``model``'s vector field on frames of ``data`` by a sparse polynomial in derivatives.
+             spacing: tuple[float, float] | None = None, read: str = "field") -> Identified:
+    """Fit ``model``'s vector field (or its flow) on frames of ``data`` by a sparse polynomial in
+    derivatives.
 
     Args:
         model: a :class:`Surrogate` whose ``vector_field`` maps ``(batch, fields, x, y)`` to the same.
@@ -84,6 +85,12 @@ def identify(model: Surrogate, data: Any, *, degree: int | None = None, threshol
         degree: highest degree of a term (default: the largest activation power, at least 2).
         threshold: a term whose RMS contribution is below this share of its field's RMS is dropped.
         frames: frames drawn (seeded) as probe states.
+        read: ``field``: the vector field ``F`` the integrator steps (exact for exact networks:
+            the finite-difference network's field is the PDE's right-hand side up to its stencils'
+            error). ``flow``: the equation the model's steps follow, read from its own 4-step
+            rollouts from the probe states as :func:`identify_data` reads data. A network trained to
+            follow the data with Euler substeps carries the modified equation in its field (``F =
+            f + h f'f / 2 + ...``); its flow is the PDE it has learned.
 
     Returns an :class:`Identified`; ``str()`` of it prints the learned equation beside the data's.
     """
@@ -97,6 +104,8 @@ def identify(model: Surrogate, data: Any, *, degree: int | None = None, threshol
         raise SurrogateError(f"degree={degree!r} must be an integer from 1 to 4")
     if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= 4096:
         raise SurrogateError(f"frames={frames!r} must be an integer from 1 to 4096")
+    if read not in ("field", "flow"):
+        raise SurrogateError(f"read={read!r}: choose field or flow")
     dtype = torch.float64
     if isinstance(data, (np.ndarray, torch.Tensor)):
         u = torch.as_tensor(data, dtype=dtype)
@@ -115,8 +124,14 @@ def identify(model: Surrogate, data: Any, *, degree: int | None = None, threshol
         fields, spacing, boundary, reference = list(ds.fields), ds.spacing, ds.boundary, ds.pde
     if getattr(model.vector_field, "n_fields", len(fields)) != len(fields):
         raise SurrogateError(f"the model has {model.vector_field.n_fields} field(s), the data {len(fields)}")
-    base, monomials = _library(fields, degree)
     cast = copy.deepcopy(model).to(dtype) if next(model.parameters()).dtype != dtype else model
+    if read == "flow":
+        with torch.no_grad():
+            windows = torch.cat([cast.rollout(chunk, 4) for chunk in u.split(8)])
+        found = identify_data(windows, cast.dt, spacing, fields=fields, boundary=boundary, degree=degree,
+                              threshold=threshold)
+        return Identified(found.pde, found.residual, reference)
+    base, monomials = _library(fields, degree)
     with torch.no_grad():
         pairs = ((_derivatives(chunk, spacing, ORDERS), cast.vector_field(chunk)) for chunk in u.split(8))
         AtA, Atb, btb = _normal_equations(pairs, monomials, len(fields), boundary)

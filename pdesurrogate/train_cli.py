@@ -270,8 +270,8 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
             print(line)
     from .identify import identify
 
-    print(f"\nwhat the network learned, read as a PDE on {train_file.name} (pdesurrogate identify):")
-    print(identify(model, probe))
+    print(f"\nwhat the network learned: the equation its steps follow on {train_file.name} (pdesurrogate identify):")
+    print(identify(model, probe, read="flow"))
     return 0
 
 

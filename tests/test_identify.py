@@ -116,3 +116,20 @@ def test_the_identify_start_builds_the_class_network_of_the_pde_read_from_the_da
     assert mine < ps.rollout_error(fd, test, 12) / 3
     with pytest.raises(ps.SurrogateError, match="start='magic'"):
         ps.Recipe(start="magic")
+
+
+def test_identify_reads_a_and_r_within_one_percent_from_a_model_the_default_trained(tmp_path):
+    import datagen
+
+    # modes the class's 5 x 5 stencils resolve (k = 1..3 on 48 cells); at four cells per
+    # wavelength the trained network follows another equation, and reading it says so
+    common = {"pde": "fisher", "steps": 12, "grid": Grid((48, 48)).to_dict(),
+              "initial": {"name": "sincos", "k_min": 1, "k_max": 3}}
+    for split, n in (("train", 6), ("valid", 2)):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        datagen.generate(datagen.GenerationConfig(**common, split=split, n_trajectories=n, seed=0),
+                         tmp_path / "data" / split / "fisher.hdf5")
+    model, _ = ps.train(tmp_path, {"lbfgs": 20, "windows": 16}, log=None)  # the default recipe, shortened
+    c = _coeffs(ps.identify(model, tmp_path, read="flow").pde)  # the equation its steps follow
+    assert c["u"] == pytest.approx(1.0, rel=0.01) and c["u^2"] == pytest.approx(-1.0, rel=0.01), c
+    assert c["u_xx"] == pytest.approx(0.01, rel=0.01) and c["u_yy"] == pytest.approx(0.01, rel=0.01), c

@@ -31,11 +31,13 @@ TRAIN_EPILOG = """configuration (TOML; every key optional):
   [model]  any build_surrogate option: hidden = 10, kernel_size = 5, powers = [2], substeps = 3,
            integrator = "euler", init = "stencil", constraint = "moments", ... (dt, spacing,
            boundary and fields come from the data)
-  [recipe] the default recipe's options: lbfgs = 200, windows = 64, check = 10, lm = 0, margin = 1.25,
+  [recipe] the default recipe's options: start = "identify", lbfgs = 200, windows = 64, check = 10,
+           anchor = 100.0, precondition = true, adapt_substeps = true, lm = 0, margin = 1.25,
            loss = "mse", valid_steps, seed (pdesurrogate.Recipe)
-  [fit]    any fit option (the adam recipe): epochs = 10, batch_size = 4, curriculum = [1, 2, 3], loss = "mse",
-           noise = 1e-3, lr = 1e-3, schedule = "cosine", clip = 1.0, lbfgs = 0, lm = 0, patience = 5,
-           ... (lm = N: Levenberg-Marquardt at the end; full grids, best with --float64)
+  [fit]    any fit option (the adam recipe; pdesurrogate.FitOptions): epochs = 10, batch_size = 4,
+           curriculum (default 1, 2, ..., unroll), loss = "mse", noise = 1e-3, lr = 1e-3,
+           schedule = "cosine", clip = 1.0, lbfgs = 0, lm = 0, patience, ... (lm = N:
+           Levenberg-Marquardt at the end; full grids, best with --float64)
 
 examples:
   pdesurrogate train data/fisher --out runs/fisher               # the default recipe
@@ -98,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("data", help="dataset folder written by `datagen generate` (its train split, and valid / test "
                    "when present), or one training file")
-    t.add_argument("--recipe", choices=("default", "adam"), help="default: least-squares start from the data, then "
-                   "L-BFGS (float64, CPU); adam: fit's epochs (chosen when --epochs, [fit], --device or --float64 "
-                   "is given)")
+    t.add_argument("--recipe", choices=("default", "adam"), help="default: start from the PDE read from the data, "
+                   "then anchored L-BFGS (float64, CPU); adam: fit's epochs (chosen when --epochs, [fit], --device or "
+                   "--float64 is given)")
     t.add_argument("--config", help="TOML file with [data], [model] and [recipe] or [fit] tables (see below)")
     t.add_argument("--out", default="runs/surrogate", help="folder for checkpoints and model.pt (default runs/surrogate)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

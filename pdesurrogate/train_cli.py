@@ -265,7 +265,8 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
                 print(f"\nerror split (witness: {split.attrs['witness']}), means over trajectories:")
                 print(split[keys].sel(step=hs).mean("trajectory").to_dataframe()[keys].to_string())
                 print(split_mod.split_verdict(split))
-        line = _against_fd(model, probe, test_file, a.steps, float(table.loc[a.steps, "mean"]))
+        fd = rep["fd_network_rel_l2"].sel(step=a.steps).mean() if "fd_network_rel_l2" in rep else None
+        line = _against_fd(None if fd is None else float(fd), a.steps, float(table.loc[a.steps, "mean"]))
         if line:
             print(line)
     from .identify import identify
@@ -275,16 +276,11 @@ def _train(a, cfg, model, train, probe, out: Path, fresh: bool, rank: int, train
     return 0
 
 
-def _against_fd(model, data, test_file, steps: int, mine: float) -> str | None:
-    """One line setting ``mine`` (test rel_l2 at ``steps``) beside the finite-difference network of
-    the model's class, built from the data's PDE (None when the data carry none)."""
-    from . import evaluation
-    from .witness import fd_network
-
-    fd = fd_network(model, data.pde, data.grid) if data.pde is not None else None
-    if fd is None:
+def _against_fd(ref: float | None, steps: int, mine: float) -> str | None:
+    """One line setting ``mine`` (test rel_l2 at ``steps``) beside ``ref``, the finite-difference
+    network of the model's class (the baseline ``evaluate`` already scored; None without one)."""
+    if ref is None:
         return None
-    ref = evaluation.rollout_error(fd, test_file, steps)
     ratio = ref / mine if mine > 0 else math.inf
     how = f"{ratio:.3g}x lower" if ratio >= 1 else f"{1 / ratio:.3g}x higher"
     return (f"\nthe finite-difference network of the same class (built from the PDE, untrained) has rel_l2({steps}) "
